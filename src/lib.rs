@@ -1,0 +1,14 @@
+//! sera: speech emotion recognition improved by generated training data.
+//!
+//! The library behind the `sera` orchestrator and the `sera-worker` binary. One concept per
+//! module: `data` (corpora, folds), `audio` (wav, resampling), `spec` (experiments → jobs),
+//! `device` (CPU/CUDA selection).
+
+pub mod audio;
+pub mod data;
+pub mod device;
+pub mod error;
+pub mod fsutil;
+pub mod spec;
+
+pub use error::{Error, Result};

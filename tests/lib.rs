@@ -1,0 +1,11 @@
+//! The one integration-test binary (each extra test binary would re-link libtorch).
+
+mod audio;
+mod cli;
+mod common;
+mod data_iemocap;
+mod data_manifest;
+mod data_msp;
+mod demo;
+mod folds;
+mod plan;
