@@ -9,6 +9,7 @@ pub mod data;
 pub mod device;
 pub mod error;
 pub mod fsutil;
+pub mod models;
 pub mod spec;
 
 pub use error::{Error, Result};

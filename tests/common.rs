@@ -27,3 +27,10 @@ pub fn wav(root: &Path, rel: &str, seconds: f64, rate: u32) -> PathBuf {
     w.finalize().expect("finalize wav");
     path
 }
+
+/// libtorch's default generator is global to the process and the tests run on parallel threads:
+/// every test that seeds it and relies on its stream holds this lock.
+pub fn torch_rng() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}

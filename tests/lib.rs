@@ -9,3 +9,8 @@ mod data_msp;
 mod demo;
 mod folds;
 mod plan;
+mod models_ast;
+mod models_fbank;
+mod models_text;
+mod models_util;
+mod models_wav2vec2;
