@@ -10,6 +10,7 @@ pub mod device;
 pub mod error;
 pub mod fsutil;
 pub mod models;
+pub mod queue;
 pub mod spec;
 
 pub use error::{Error, Result};

@@ -14,3 +14,5 @@ mod models_fbank;
 mod models_text;
 mod models_util;
 mod models_wav2vec2;
+mod queue;
+mod queue_support;
