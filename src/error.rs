@@ -33,6 +33,10 @@ pub enum Error {
     #[error("job {job}: {message}")]
     Job { job: String, message: String },
 
+    /// Training failed (NaN/Inf, collapse) and was not recovered by retries.
+    #[error("stage {stage}, epoch {epoch}: {message}")]
+    Train { stage: u8, epoch: usize, message: String },
+
     /// Anything from libtorch.
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
@@ -50,6 +54,13 @@ impl Error {
     /// A configuration error in `path`.
     pub fn config(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
         Error::Config { path: path.into(), message: message.into() }
+    }
+
+    /// True for errors that will recur on every retry (bad config, bad data, a job that does not
+    /// match its data); false for those a retry may fix (I/O hiccups, libtorch, diverged training,
+    /// which retries with another attempt).
+    pub fn is_deterministic(&self) -> bool {
+        matches!(self, Error::Config { .. } | Error::InvalidData { .. } | Error::Audio { .. } | Error::Job { .. })
     }
 
     /// An audio decoding error in `path`.

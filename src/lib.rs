@@ -5,12 +5,16 @@
 //! `device` (CPU/CUDA selection).
 
 pub mod audio;
+pub mod bench;
 pub mod data;
 pub mod device;
 pub mod error;
 pub mod fsutil;
+pub mod metrics;
 pub mod models;
 pub mod queue;
+pub mod report;
 pub mod spec;
+pub mod train;
 
 pub use error::{Error, Result};

@@ -57,8 +57,7 @@ pub fn demo_corpus(out: &Path, sessions: usize, sentences: usize) -> Result<Exit
     Ok(ExitCode::SUCCESS)
 }
 
-/// `sera plan`.
-pub fn plan(experiment: &Path, roots: &[String], json: bool, out: Option<&Path>) -> Result<ExitCode> {
+fn root_overrides(roots: &[String]) -> Result<RootOverrides> {
     let mut overrides = RootOverrides::new();
     for r in roots {
         let Some((name, dir)) = r.split_once('=') else {
@@ -66,7 +65,12 @@ pub fn plan(experiment: &Path, roots: &[String], json: bool, out: Option<&Path>)
         };
         overrides.insert(name.to_string(), dir.into());
     }
-    let plan = spec::plan(experiment, &overrides)?;
+    Ok(overrides)
+}
+
+/// `sera plan`.
+pub fn plan(experiment: &Path, roots: &[String], json: bool, out: Option<&Path>) -> Result<ExitCode> {
+    let plan = spec::plan(experiment, &root_overrides(roots)?)?;
     if let Some(dir) = out {
         for job in &plan.jobs {
             let path = dir.join(format!("{}.json", job.id));
@@ -107,5 +111,134 @@ pub fn plan(experiment: &Path, roots: &[String], json: bool, out: Option<&Path>)
 pub fn env() -> Result<ExitCode> {
     println!("sera {}", env!("CARGO_PKG_VERSION"));
     println!("{}", sera::device::describe());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `sera run` on this machine: every job without a result runs in a `sera-worker run-job` child
+/// (a crash or libtorch abort then takes only that job down), then the tables are printed.
+pub fn run(experiment: &Path, out: Option<std::path::PathBuf>, roots: &[String], device: &str) -> Result<ExitCode> {
+    let plan = spec::plan(experiment, &root_overrides(roots)?)?;
+    let run_dir = out.unwrap_or_else(|| Path::new("runs").join(&plan.experiment));
+    let worker = std::env::current_exe()?.with_file_name("sera-worker");
+    if !worker.is_file() {
+        bail!("{} not found: build the workspace (cargo build --release --workspace)", worker.display());
+    }
+    let jobs_dir = run_dir.join("jobs");
+    let mut failed = Vec::new();
+    for (i, job) in plan.jobs.iter().enumerate() {
+        let job_dir = run_dir.join(&job.id);
+        if job_dir.join("result.json").is_file() {
+            println!(
+                "[{}/{}] job {} ({} {}): done earlier",
+                i + 1,
+                plan.jobs.len(),
+                job.id,
+                job.spec.fold.name,
+                job.spec.variant.name
+            );
+            continue;
+        }
+        let job_file = jobs_dir.join(format!("{}.json", job.id));
+        sera::fsutil::write_atomic(&job_file, serde_json::to_string_pretty(job)?.as_bytes())?;
+        println!(
+            "[{}/{}] job {} ({} {}): running",
+            i + 1,
+            plan.jobs.len(),
+            job.id,
+            job.spec.fold.name,
+            job.spec.variant.name
+        );
+        let status = std::process::Command::new(&worker)
+            .arg("run-job")
+            .arg(&job_file)
+            .arg("--out")
+            .arg(&job_dir)
+            .arg("--cache")
+            .arg(run_dir.join("cache"))
+            .arg("--device")
+            .arg(device)
+            .status()
+            .with_context(|| format!("starting {}", worker.display()))?;
+        if !status.success() {
+            failed.push(format!("{} ({} {}): exit {status}", job.id, job.spec.fold.name, job.spec.variant.name));
+        }
+    }
+    results(&run_dir, sera::report::Format::Markdown)?;
+    if !failed.is_empty() {
+        eprintln!("{} job(s) failed:", failed.len());
+        for f in &failed {
+            eprintln!("  {f}");
+        }
+        return Ok(ExitCode::from(1));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `sera results`.
+pub fn results(run: &Path, format: sera::report::Format) -> Result<ExitCode> {
+    let results = sera::report::load_results(run)?;
+    if results.is_empty() {
+        bail!("no result.json under {}: nothing has finished yet", run.display());
+    }
+    // The published rows are data in configs/: the working copy's if run from the repository,
+    // else the ones this binary was built from.
+    let local = Path::new("configs/published");
+    let published = if local.is_dir() {
+        local.to_path_buf()
+    } else {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/published")
+    };
+    let tables = sera::report::tables(&results, &published)?;
+    print!("{}", sera::report::render(&tables, format));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `sera bench stages`.
+pub fn bench_stages(device: &str, python: Option<std::path::PathBuf>, epochs: usize) -> Result<ExitCode> {
+    let device = sera::device::parse(device)?;
+    let size = sera::bench::BenchSize { epochs, ..Default::default() };
+    let ours = sera::bench::stages(size, device)?;
+    println!(
+        "sera ({device:?}, {} threads): stage-2 epoch {:.3} s, stage-3 epoch {:.4} s ({} × {}, batch {})",
+        tch::get_num_threads(),
+        ours.stage2_epoch_s,
+        ours.stage3_epoch_s,
+        size.n,
+        size.dim,
+        size.batch
+    );
+    let python = python.unwrap_or_else(|| {
+        let cached = std::env::var_os("HOME")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_default()
+            .join(".cache/sera/pyref/bin/python");
+        if cached.is_file() { cached } else { "python3".into() }
+    });
+    let script = Path::new("tools/bench_reference.py");
+    if device != tch::Device::Cpu {
+        println!(
+            "(the reference runs on the CPU; compare GPU numbers with tools/bench_reference.py run on the GPU host)"
+        );
+    }
+    match sera::bench::reference(&python, script, size) {
+        Ok(r) => println!(
+            "reference (PyTorch, {}): stage-2 epoch {:.3} s, stage-3 epoch {:.4} s\nratio (reference / sera, higher is better): stage 2 {:.2}×, stage 3 {:.2}×",
+            python.display(),
+            r.stage2_epoch_s,
+            r.stage3_epoch_s,
+            r.stage2_epoch_s / ours.stage2_epoch_s,
+            r.stage3_epoch_s / ours.stage3_epoch_s
+        ),
+        Err(e) => {
+            println!("no reference measured ({e}); install torch==2.11.0 for {} or pass --python", python.display())
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `sera bench queue`.
+pub fn bench_queue(redis: Option<&str>, jobs: usize) -> Result<ExitCode> {
+    let rate = sera::queue::bench::noop_throughput(redis, jobs)?;
+    println!("{} no-op jobs through {}: {rate:.0} jobs/s", jobs, redis.unwrap_or("the in-process queue"));
     Ok(ExitCode::SUCCESS)
 }

@@ -46,8 +46,64 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Run an experiment on this machine (the embedded default): plan it, run every job without a
+    /// result in a `sera-worker run-job` child process, and print the tables.
+    Run {
+        /// Experiment file (configs/experiments/*.toml).
+        experiment: PathBuf,
+        /// Run directory (default: runs/<experiment name>).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Corpus root for a dataset: NAME=DIR (repeatable).
+        #[arg(long = "root", value_name = "NAME=DIR")]
+        roots: Vec<String>,
+        /// cpu, cuda or cuda:N.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+    },
+    /// Aggregate a run directory into the paper's tables.
+    Results {
+        /// Run directory (holds <job-id>/result.json).
+        run: PathBuf,
+        #[arg(long, value_enum, default_value_t = TableFormat::Markdown)]
+        format: TableFormat,
+    },
+    /// Benchmarks that print ratios against a reference measured in the same run.
+    #[command(subcommand)]
+    Bench(BenchCommand),
     /// Show the libtorch build and the devices it sees.
     Env,
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Stage-2 and stage-3 epochs (5000 × 768 features, batch 64) vs tools/bench_reference.py.
+    Stages {
+        /// cpu, cuda or cuda:N.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// Python with torch for the reference (default: the set-up cache's, else python3).
+        #[arg(long)]
+        python: Option<PathBuf>,
+        /// Timed epochs (after one warm-up).
+        #[arg(long, default_value_t = 3)]
+        epochs: usize,
+    },
+    /// No-op jobs per second through the queue (Redis with --redis, else in-process).
+    Queue {
+        #[arg(long)]
+        redis: Option<String>,
+        #[arg(long, default_value_t = 5000)]
+        jobs: usize,
+    },
+}
+
+/// Output format of `sera results`.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum TableFormat {
+    Markdown,
+    Csv,
+    Latex,
 }
 
 #[derive(Subcommand)]
@@ -91,6 +147,19 @@ fn main() -> ExitCode {
         Command::Data(DataCommand::Folds { spec, root, out }) => commands::folds(&spec, root.as_deref(), &out),
         Command::DemoCorpus { out, sessions, sentences } => commands::demo_corpus(&out, sessions, sentences),
         Command::Plan { experiment, roots, json, out } => commands::plan(&experiment, &roots, json, out.as_deref()),
+        Command::Run { experiment, out, roots, device } => commands::run(&experiment, out, &roots, &device),
+        Command::Results { run, format } => commands::results(
+            &run,
+            match format {
+                TableFormat::Markdown => sera::report::Format::Markdown,
+                TableFormat::Csv => sera::report::Format::Csv,
+                TableFormat::Latex => sera::report::Format::Latex,
+            },
+        ),
+        Command::Bench(BenchCommand::Stages { device, python, epochs }) => {
+            commands::bench_stages(&device, python, epochs)
+        }
+        Command::Bench(BenchCommand::Queue { redis, jobs }) => commands::bench_queue(redis.as_deref(), jobs),
         Command::Env => commands::env(),
     };
     match result {

@@ -36,6 +36,8 @@ pub struct VariantRef {
     pub name: String,
     /// Row label in tables (`Without cross-modal alignment`).
     pub label: String,
+    /// Position in the experiment's variant list (row order in tables).
+    pub index: usize,
 }
 
 /// Everything one job needs.

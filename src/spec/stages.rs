@@ -5,7 +5,8 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Numeric precision of training.
+/// Numeric precision of training. Only fp32 runs today: tch 0.24 exposes CUDA autocast only in
+/// fp16, so `bf16` is refused with a clear error rather than silently changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
@@ -64,7 +65,7 @@ impl Default for Stage1 {
             weight_decay: 0.01,
             warmup_ratio: 0.1,
             grad_clip: 1.0,
-            precision: Precision::Bf16,
+            precision: Precision::Fp32,
             lambda_cl: 1.0,
             lambda_mi: 1.0,
             temperature: 0.07,

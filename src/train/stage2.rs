@@ -1,0 +1,304 @@
+//! Stage 2: an InfoGAN on stage-1 features (paper 3.2, 4.3). The generator `G(z, c, t)` and the
+//! discriminator `D(h)` are single linear layers; the mutual-information heads are the stage-1
+//! classifier `W_y` (cross-entropy on the label, eq. 15–16) and text projection `W_t` (InfoNCE on
+//! the text feature, eq. 17–18), frozen or fine-tuned. Every epoch records the MI observables the
+//! paper proposes as the quality signal of generated samples.
+
+use serde::{Deserialize, Serialize};
+use tch::nn::{self, Module, OptimizerConfig};
+use tch::{Device, Kind, Tensor};
+
+use super::heads::Heads;
+use super::losses::{cross_entropy, discriminator_loss, generator_loss, info_nce};
+use crate::error::{Error, Result};
+use crate::spec::stages::Stage2;
+
+/// Real training features for the GAN.
+pub struct GanData<'a> {
+    /// Audio features `[n, audio_dim]`.
+    pub h: &'a Tensor,
+    /// Class indices `[n]` (int64).
+    pub y: &'a Tensor,
+    /// Text features `[n, text_dim]`, if the generator is text-conditioned.
+    pub t: Option<&'a Tensor>,
+    /// Number of classes.
+    pub classes: i64,
+    /// Temperature of the InfoNCE term (the stage-1 value, since W_t was trained with it).
+    pub temperature: f64,
+}
+
+/// The linear generator `ĥ = W [z; onehot(c); t] + b`.
+#[derive(Debug)]
+pub struct Generator {
+    pub vs: nn::VarStore,
+    pub linear: nn::Linear,
+    pub z_dim: i64,
+    pub classes: i64,
+    /// Text condition width; None for `G(z, c)`.
+    pub text_dim: Option<i64>,
+}
+
+impl Generator {
+    /// A fresh generator producing `[*, audio_dim]`.
+    pub fn new(z_dim: i64, classes: i64, text_dim: Option<i64>, audio_dim: i64, device: Device) -> Generator {
+        let vs = nn::VarStore::new(device);
+        let input = z_dim + classes + text_dim.unwrap_or(0);
+        let linear = nn::linear(vs.root() / "generator", input, audio_dim, Default::default());
+        Generator { vs, linear, z_dim, classes, text_dim }
+    }
+
+    /// Generates features for class indices `y` `[n]` and text features `t` `[n, text_dim]`,
+    /// drawing `z ~ N(0, I)` from libtorch's generator: `[n, audio_dim]`.
+    pub fn generate(&self, y: &Tensor, t: Option<&Tensor>) -> Tensor {
+        let n = y.size()[0];
+        let z = Tensor::randn([n, self.z_dim], (Kind::Float, self.vs.device()));
+        let c = y.onehot(self.classes).to_kind(Kind::Float);
+        let input = match (self.text_dim, t) {
+            (Some(_), Some(t)) => Tensor::cat(&[z, c, t.shallow_clone()], 1),
+            _ => Tensor::cat(&[z, c], 1),
+        };
+        self.linear.forward(&input)
+    }
+}
+
+/// The MI observables and losses of one epoch (nats).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochLog {
+    pub epoch: usize,
+    /// Mean discriminator and generator (adversarial part) losses over the epoch.
+    pub d_loss: f64,
+    pub g_loss: f64,
+    /// `L_Iy` on generated samples (eq. 16) and on real ones.
+    pub l_iy_generated: f64,
+    pub l_iy_real: f64,
+    /// `L_It` on generated samples (eq. 18) and on real ones; None without text.
+    pub l_it_generated: Option<f64>,
+    pub l_it_real: Option<f64>,
+    /// Lower bound on I(c; ĥ): `H(c) − L_Iy`.
+    pub iy_lower_bound: f64,
+    /// Lower bound on I(t; ĥ): `log B − L_It`, B the evaluation batch size.
+    pub it_lower_bound: Option<f64>,
+    /// Accuracy of the stage-1 classifier on generated samples (their label is the condition c).
+    pub generated_accuracy: f64,
+    /// Mean distance from a generated sample to its nearest real one, over the mean
+    /// nearest-neighbour distance among real samples: near 0 means memorisation.
+    pub nearest_real_ratio: f64,
+}
+
+/// What stage 2 produces.
+#[derive(Debug)]
+pub struct GanOutput {
+    pub generator: Generator,
+    /// The MI heads after stage 2 (unchanged unless `finetune_mi_heads`).
+    pub heads: Heads,
+    pub curve: Vec<EpochLog>,
+    /// Learning-rate halvings used after NaN/Inf or collapse.
+    pub retries: usize,
+}
+
+/// Trains the InfoGAN. `heads` are the stage-1 heads (copied, never modified in place).
+pub fn train(data: &GanData, heads: &Heads, s: &Stage2, seed: u64) -> Result<GanOutput> {
+    let mut attempt = 0;
+    loop {
+        let scale = 0.5f64.powi(attempt as i32);
+        match train_once(data, heads, s, seed, scale) {
+            Ok(mut out) => {
+                out.retries = attempt;
+                return Ok(out);
+            }
+            Err(Diverged { epoch, what }) if attempt < s.retries => {
+                tracing::warn!(epoch, %what, "stage 2 diverged; retrying with halved learning rates");
+                attempt += 1;
+            }
+            Err(Diverged { epoch, what }) => {
+                return Err(Error::Train {
+                    stage: 2,
+                    epoch,
+                    message: format!(
+                        "{what} (after {attempt} retr{} with halved learning rates; lower stage2.lr_generator / \
+                         lr_discriminator or raise stage2.retries)",
+                        if attempt == 1 { "y" } else { "ies" }
+                    ),
+                });
+            }
+        }
+    }
+}
+
+struct Diverged {
+    epoch: usize,
+    what: String,
+}
+
+fn train_once(data: &GanData, heads: &Heads, s: &Stage2, seed: u64, lr_scale: f64) -> Result<GanOutput, Diverged> {
+    let fail = |epoch, what: String| Diverged { epoch, what };
+    tch::manual_seed(seed as i64);
+    let device = data.h.device();
+    let (n, audio_dim) = (data.h.size()[0], data.h.size()[1]);
+    let text = if s.text_condition { data.t } else { None };
+    let generator = Generator::new(s.z_dim as i64, data.classes, text.map(|t| t.size()[1]), audio_dim, device);
+    let disc_vs = nn::VarStore::new(device);
+    let disc = nn::linear(disc_vs.root() / "discriminator", audio_dim, 1, Default::default());
+    let d_fn = |x: &Tensor| disc.forward(x);
+    let mut mi_heads = heads.duplicate().map_err(|e| fail(0, e.to_string()))?;
+    if !s.finetune_mi_heads {
+        mi_heads.vs.freeze();
+    }
+    let adam = nn::Adam { beta1: 0.5, beta2: 0.999, wd: 0.0, eps: 1e-8, amsgrad: false };
+    let build = |vs: &nn::VarStore, lr: f64| adam.build(vs, lr * lr_scale).map_err(|e| fail(0, e.to_string()));
+    let mut opt_g = build(&generator.vs, s.lr_generator)?;
+    let mut opt_d = build(&disc_vs, s.lr_discriminator)?;
+    let mut opt_q = if s.finetune_mi_heads { Some(build(&mi_heads.vs, s.lr_generator)?) } else { None };
+    let mixup = s.mixup.then_some(s.mixup_alpha);
+    let bs = (s.batch_size as i64).min(n).max(2);
+    let h_c = label_entropy(data.y, data.classes);
+    let mut curve = Vec::with_capacity(s.epochs);
+    for epoch in 1..=s.epochs {
+        let perm = Tensor::randperm(n, (Kind::Int64, device));
+        let (mut d_sum, mut g_sum, mut steps) = (0.0, 0.0, 0usize);
+        for start in (0..n - bs + 1).step_by(bs as usize) {
+            let idx = perm.narrow(0, start, bs);
+            let h = data.h.index_select(0, &idx);
+            let y = data.y.index_select(0, &idx);
+            let t = text.map(|t| t.index_select(0, &idx));
+            let fake = generator.generate(&y, t.as_ref());
+
+            let d_loss = discriminator_loss(&d_fn, &h, &fake.detach(), mixup);
+            opt_d.backward_step(&d_loss);
+
+            let adv = generator_loss(&d_fn, &h, &fake, mixup);
+            let mut g_loss = adv.shallow_clone();
+            if s.lambda_iy > 0.0 {
+                g_loss += s.lambda_iy * cross_entropy(&mi_heads.logits(&fake), &y);
+            }
+            if let (true, Some(t)) = (s.lambda_it > 0.0, &t)
+                && let Some(t_hat) = mi_heads.project_text(&fake)
+            {
+                g_loss += s.lambda_it * info_nce(t, &t_hat, data.temperature);
+            }
+            if let Some(opt_q) = &mut opt_q {
+                // Fine-tuned heads also keep their stage-1 job on real samples (paper 3.2.2).
+                g_loss += cross_entropy(&mi_heads.logits(&h), &y);
+                if let (Some(t), Some(t_hat)) = (&t, mi_heads.project_text(&h)) {
+                    g_loss += info_nce(t, &t_hat, data.temperature);
+                }
+                opt_q.zero_grad();
+            }
+            opt_g.zero_grad();
+            g_loss.backward();
+            opt_g.step();
+            if let Some(opt_q) = &mut opt_q {
+                opt_q.step();
+            }
+            let (dl, gl) = (d_loss.double_value(&[]), adv.double_value(&[]));
+            if !dl.is_finite() || !gl.is_finite() {
+                return Err(fail(
+                    epoch,
+                    format!("loss became {} (D {dl}, G {gl})", if dl.is_nan() || gl.is_nan() { "NaN" } else { "Inf" }),
+                ));
+            }
+            d_sum += dl;
+            g_sum += gl;
+            steps += 1;
+        }
+        let log = tch::no_grad(|| observe(data, text, &generator, &mi_heads, bs, h_c, epoch));
+        let log = EpochLog { d_loss: d_sum / steps.max(1) as f64, g_loss: g_sum / steps.max(1) as f64, ..log };
+        if !log.l_iy_generated.is_finite() {
+            return Err(fail(epoch, "generated samples give a non-finite L_Iy".into()));
+        }
+        if log.nearest_real_ratio.is_finite() && collapsed(&generator, data, text) {
+            return Err(fail(epoch, "the generator collapsed: generated samples have (almost) no spread".into()));
+        }
+        tracing::info!(
+            epoch,
+            d = log.d_loss,
+            g = log.g_loss,
+            l_iy = log.l_iy_generated,
+            l_it = log.l_it_generated,
+            acc = log.generated_accuracy,
+            "stage 2"
+        );
+        curve.push(log);
+    }
+    Ok(GanOutput { generator, heads: mi_heads, curve, retries: 0 })
+}
+
+/// Entropy of the empirical label distribution, in nats.
+fn label_entropy(y: &Tensor, classes: i64) -> f64 {
+    let counts = y.bincount::<Tensor>(None, classes).to_kind(Kind::Double);
+    let p = &counts / counts.sum(Kind::Double);
+    let nz = p.masked_select(&p.gt(0.0));
+    -(&nz * nz.log()).sum(Kind::Double).double_value(&[])
+}
+
+/// MI observables on the training set in batches of `bs` (fixed evaluation draw of z).
+fn observe(
+    data: &GanData,
+    text: Option<&Tensor>,
+    g: &Generator,
+    heads: &Heads,
+    bs: i64,
+    h_c: f64,
+    epoch: usize,
+) -> EpochLog {
+    let n = data.h.size()[0];
+    let (mut iy_g, mut iy_r, mut it_g, mut it_r, mut correct, mut batches) = (0.0, 0.0, 0.0, 0.0, 0i64, 0usize);
+    let mut fakes = Vec::new();
+    for start in (0..n - bs + 1).step_by(bs as usize) {
+        let h = data.h.narrow(0, start, bs);
+        let y = data.y.narrow(0, start, bs);
+        let t = text.map(|t| t.narrow(0, start, bs));
+        let fake = g.generate(&y, t.as_ref());
+        let logits = heads.logits(&fake);
+        iy_g += cross_entropy(&logits, &y).double_value(&[]);
+        iy_r += cross_entropy(&heads.logits(&h), &y).double_value(&[]);
+        correct += logits.argmax(-1, false).eq_tensor(&y).sum(Kind::Int64).int64_value(&[]);
+        if let (Some(t), Some(tf), Some(tr)) = (&t, heads.project_text(&fake), heads.project_text(&h)) {
+            it_g += info_nce(t, &tf, data.temperature).double_value(&[]);
+            it_r += info_nce(t, &tr, data.temperature).double_value(&[]);
+        }
+        fakes.push(fake);
+        batches += 1;
+    }
+    let b = batches.max(1) as f64;
+    let has_text = text.is_some() && heads.text_proj.is_some();
+    let fake = Tensor::cat(&fakes, 0);
+    EpochLog {
+        epoch,
+        d_loss: 0.0,
+        g_loss: 0.0,
+        l_iy_generated: iy_g / b,
+        l_iy_real: iy_r / b,
+        l_it_generated: has_text.then_some(it_g / b),
+        l_it_real: has_text.then_some(it_r / b),
+        iy_lower_bound: h_c - iy_g / b,
+        it_lower_bound: has_text.then(|| (bs as f64).ln() - it_g / b),
+        generated_accuracy: correct as f64 / fake.size()[0].max(1) as f64,
+        nearest_real_ratio: nearest_real_ratio(&fake, data.h),
+    }
+}
+
+/// Mean nearest-real distance of generated samples over the mean real-to-real nearest-neighbour
+/// distance (self excluded), on at most 512 rows of each (a fixed subset: the first rows).
+pub fn nearest_real_ratio(fake: &Tensor, real: &Tensor) -> f64 {
+    let cap = |x: &Tensor| x.narrow(0, 0, x.size()[0].min(512));
+    let (fake, real) = (cap(fake), cap(real));
+    if real.size()[0] < 2 || fake.size()[0] == 0 {
+        return f64::NAN;
+    }
+    let gen_nn = Tensor::cdist(&fake, &real, 2.0, None).min_dim(1, false).0.mean(Kind::Double).double_value(&[]);
+    let rr = Tensor::cdist(&real, &real, 2.0, None);
+    let eye = Tensor::eye(rr.size()[0], (Kind::Float, rr.device())) * 1e30;
+    let real_nn = (rr + eye).min_dim(1, false).0.mean(Kind::Double).double_value(&[]);
+    if real_nn > 0.0 { gen_nn / real_nn } else { f64::NAN }
+}
+
+/// Collapse: the generated samples' mean per-dimension std is below 1e-4 of the real one.
+fn collapsed(g: &Generator, data: &GanData, text: Option<&Tensor>) -> bool {
+    tch::no_grad(|| {
+        let n = data.h.size()[0].min(256);
+        let fake = g.generate(&data.y.narrow(0, 0, n), text.map(|t| t.narrow(0, 0, n)).as_ref());
+        let spread = |x: &Tensor| x.std_dim([0].as_slice(), true, false).mean(Kind::Double).double_value(&[]);
+        spread(&fake) < 1e-4 * spread(&data.h.narrow(0, 0, n))
+    })
+}

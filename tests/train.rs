@@ -1,0 +1,143 @@
+//! Losses, metrics, the stage-3 classifier fit and the stage-2 InfoGAN, on hand-computed values and
+//! synthetic features whose structure is known.
+
+use sera::metrics::{Metrics, mean_std};
+use sera::spec::stages::Stage2;
+use sera::train::classifier::{FitSettings, Labelled, fit};
+use sera::train::heads::Heads;
+use sera::train::losses::info_nce;
+use sera::train::stage2::{GanData, train};
+use tch::nn::OptimizerConfig;
+use tch::{Device, Kind, Tensor};
+
+use crate::common::torch_rng;
+
+fn close(a: f64, b: f64, tol: f64) -> bool {
+    (a - b).abs() <= tol
+}
+
+#[test]
+fn info_nce_matches_hand_computation() {
+    // Identity pairs at τ = 1: logits [[1, 0], [0, 1]], loss = −log(e / (e + 1)) = ln(1 + e⁻¹).
+    let a = Tensor::from_slice2(&[[1.0f32, 0.0], [0.0, 1.0]]);
+    let want = (1.0 + (-1.0f64).exp()).ln();
+    assert!(close(info_nce(&a, &a, 1.0).double_value(&[]), want, 1e-6));
+    // Cosine similarity ignores scale.
+    let b = Tensor::from_slice2(&[[2.0f32, 0.0], [0.0, 3.0]]);
+    assert!(close(info_nce(&a, &b, 1.0).double_value(&[]), want, 1e-6));
+    // τ = 0.5 doubles the logits: ln(1 + e⁻²).
+    assert!(close(info_nce(&a, &b, 0.5).double_value(&[]), (1.0 + (-2.0f64).exp()).ln(), 1e-6));
+}
+
+#[test]
+fn metrics_match_hand_computation() {
+    let truth = [0, 0, 1, 1, 2, 2, 2];
+    let pred = [0, 1, 1, 1, 2, 0, 2];
+    let m = Metrics::compute(&truth, &pred, 4);
+    assert_eq!(m.confusion, vec![vec![1, 1, 0, 0], vec![0, 2, 0, 0], vec![1, 0, 2, 0], vec![0, 0, 0, 0]]);
+    assert_eq!(m.recall, vec![Some(0.5), Some(1.0), Some(2.0 / 3.0), None]);
+    assert!(close(m.uar, (0.5 + 1.0 + 2.0 / 3.0) / 3.0, 1e-12), "class 3 has no support and is left out");
+    assert!(close(m.wa, 5.0 / 7.0, 1e-12));
+    // F1: class 0 2·1/(2+2) = 0.5, class 1 2·2/(3+2) = 0.8, class 2 2·2/(2+3) = 0.8.
+    assert!(close(m.macro_f1, 0.7, 1e-12));
+    let (mean, std) = mean_std(&[1.0, 2.0, 3.0, 4.0]);
+    assert_eq!(mean, 2.5);
+    assert!(close(std.expect("n > 1"), (5.0f64 / 3.0).sqrt(), 1e-12), "sample std (n − 1)");
+    assert_eq!(mean_std(&[3.0]).1, None);
+}
+
+/// Four Gaussian clusters in 16-d (one per class), and text features that are a fixed linear map
+/// of each sample's offset from its class centre plus noise: y is recoverable from h through the
+/// centres, t through the offsets. The caller holds the RNG lock.
+fn synthetic(n_per_class: i64, seed: i64) -> (Tensor, Tensor, Tensor) {
+    tch::manual_seed(seed);
+    let centres = Tensor::randn([4, 16], (Kind::Float, Device::Cpu)) * 3.0;
+    let map = Tensor::randn([16, 8], (Kind::Float, Device::Cpu));
+    let y = Tensor::arange(4, (Kind::Int64, Device::Cpu)).repeat_interleave_self_int(n_per_class, 0, None);
+    let offsets = Tensor::randn([4 * n_per_class, 16], (Kind::Float, Device::Cpu));
+    let h = centres.index_select(0, &y) + &offsets;
+    let t = offsets.matmul(&map) + 0.1 * Tensor::randn([4 * n_per_class, 8], (Kind::Float, Device::Cpu));
+    (h, y, t)
+}
+
+/// Stage-1-like heads: classifier and W_t trained directly on the real features.
+fn trained_heads(h: &Tensor, y: &Tensor, t: &Tensor) -> Heads {
+    let heads = Heads::new(16, 4, Some(8), Device::Cpu);
+    let mut opt = tch::nn::Adam::default().build(&heads.vs, 1e-2).expect("adam");
+    for _ in 0..300 {
+        let t_hat = heads.project_text(h).expect("text head");
+        let loss = heads.logits(h).cross_entropy_for_logits(y) + info_nce(t, &t_hat, 0.1);
+        opt.backward_step(&loss);
+    }
+    heads
+}
+
+#[test]
+fn classifier_fit_selects_epoch_on_validation() {
+    let _rng = torch_rng();
+    let (h, y, _) = synthetic(50, 1);
+    let (hv, yv, _) = synthetic(20, 1);
+    let s = FitSettings { epochs: 5, batch_size: 32, lr: 1e-2, seed: 0 };
+    let f = fit(&Labelled { x: &h, y: &y }, Some(&Labelled { x: &hv, y: &yv }), 4, None, s).expect("fit");
+    let m = f.evaluate(&Labelled { x: &hv, y: &yv }, 4);
+    assert_eq!(f.validation_uar, Some(m.uar), "the kept weights are the selected epoch's");
+    assert!(m.uar > 0.95, "separable clusters: UAR {}", m.uar);
+    let again = fit(&Labelled { x: &h, y: &y }, Some(&Labelled { x: &hv, y: &yv }), 4, None, s).expect("fit");
+    assert!(again.linear.ws.equal(&f.linear.ws), "same seed, same weights");
+}
+
+fn gan_settings() -> Stage2 {
+    Stage2 { epochs: 80, batch_size: 32, z_dim: 8, lr_generator: 2e-3, lr_discriminator: 2e-3, ..Stage2::default() }
+}
+
+#[test]
+fn infogan_generates_class_and_text_consistent_features() {
+    let _rng = torch_rng();
+    let (h, y, t) = synthetic(64, 2);
+    let heads = trained_heads(&h, &y, &t);
+    let data = GanData { h: &h, y: &y, t: Some(&t), classes: 4, temperature: 0.1 };
+    let out = train(&data, &heads, &gan_settings(), 7).expect("stage 2");
+    let first = &out.curve[0];
+    let last = out.curve.last().expect("epochs");
+    assert_eq!(out.curve.len(), 80);
+    assert!(last.generated_accuracy > 0.9, "L_Iy makes ĥ carry its label: {last:?} (first {first:?})");
+    assert!(last.l_iy_generated < first.l_iy_generated);
+    // H(c) = ln 4 for balanced classes; the bound is positive once ĥ carries the label.
+    assert!(last.iy_lower_bound > 0.5 && last.iy_lower_bound <= 4f64.ln() + 1e-9, "{}", last.iy_lower_bound);
+    let it = last.it_lower_bound.expect("text head");
+    assert!(it > 0.0 && it <= 32f64.ln(), "{it}");
+    assert!(last.nearest_real_ratio > 0.05, "not a copy of the training set: {}", last.nearest_real_ratio);
+    // Frozen MI heads stay exactly the stage-1 heads.
+    assert!(out.heads.vs.variables()["classifier.weight"].equal(&heads.vs.variables()["classifier.weight"]));
+
+    // Bit-for-bit reproducible on CPU for the same seed.
+    let again = train(&data, &heads, &gan_settings(), 7).expect("stage 2");
+    assert_eq!(again.curve, out.curve);
+    assert!(again.generator.linear.ws.equal(&out.generator.linear.ws));
+}
+
+#[test]
+fn infogan_without_text_condition_has_no_text_observables() {
+    let _rng = torch_rng();
+    let (h, y, t) = synthetic(32, 3);
+    let heads = trained_heads(&h, &y, &t);
+    let s = Stage2 { text_condition: false, lambda_it: 0.0, epochs: 3, ..gan_settings() };
+    let out =
+        train(&GanData { h: &h, y: &y, t: Some(&t), classes: 4, temperature: 0.1 }, &heads, &s, 1).expect("stage 2");
+    assert_eq!(out.generator.text_dim, None);
+    assert!(out.curve.iter().all(|e| e.l_it_generated.is_none() && e.it_lower_bound.is_none()));
+}
+
+#[test]
+fn divergence_stops_with_the_stage_and_epoch() {
+    let _rng = torch_rng();
+    let (h, y, t) = synthetic(32, 4);
+    let heads = trained_heads(&h, &y, &t);
+    let s =
+        Stage2 { lr_generator: 1e30, lr_discriminator: 1e30, retries: 1, mixup: false, epochs: 5, ..gan_settings() };
+    let err = train(&GanData { h: &h, y: &y, t: Some(&t), classes: 4, temperature: 0.1 }, &heads, &s, 1)
+        .expect_err("a learning rate of 1e30 diverges")
+        .to_string();
+    assert!(err.starts_with("stage 2, epoch "), "{err}");
+    assert!(err.contains("after 1 retry"), "{err}");
+}
