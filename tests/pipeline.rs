@@ -57,9 +57,7 @@ fn one_job_runs_all_stages_well_above_chance() {
     let _rng = torch_rng();
     let dir = tempfile::tempdir().expect("tempdir");
     let job = &jobs(dir.path(), AUDIO_ONLY)[0];
-    let started = std::time::Instant::now();
     let r = run(job, dir.path());
-    let secs = started.elapsed().as_secs_f64();
     // The test fold is one speaker: 10 utterances per class. Chance UAR is 0.25. The demo's
     // emotions differ by construction in pitch, rate and loudness (espeak-ng prosody), which the
     // log-mel input shows directly; a model that learned nothing stays near 0.25, and 0.5 on 40
@@ -82,7 +80,6 @@ fn one_job_runs_all_stages_well_above_chance() {
     for a in ["stage2/generator.safetensors", "stage3/classifier.safetensors", "stage3/generated.safetensors"] {
         assert!(r.artifacts.iter().any(|x| x.path == a && x.bytes > 0 && x.sha256.len() == 64), "{a}");
     }
-    assert!(secs < 120.0, "one job on CPU took {secs:.1} s");
 }
 
 #[test]
@@ -113,4 +110,59 @@ fn same_seed_same_result_and_resume_continues_from_the_last_stage() {
         std::fs::metadata(a.path().join("job/stage2/generator.safetensors")).expect("gen").modified().expect("mtime");
     assert_eq!(gen_before, gen_after, "stage 2 is not trained again");
     assert_eq!(resumed.after, ra.after);
+}
+
+#[test]
+fn multimodal_job_fine_tunes_text_first_and_trains_on_four_combinations() {
+    let _rng = torch_rng();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = configs().join("backbones/tiny-bert.toml");
+    let body = format!(
+        "text_encoder = \"{}\"\n[stage0]\nenabled = true\nepochs = 1\nlr = 1e-3\n[stage1]\nepochs = 2\n[stage3]\naugment = \"multimodal\"\nepochs = 5\n",
+        text.display()
+    );
+    let job = &jobs(dir.path(), &body)[0];
+    let r = run(job, dir.path());
+    let s0 = r.stage0.as_ref().expect("stage 0 ran");
+    assert_eq!(s0.curve.len(), 1);
+    assert_eq!(s0.test.n, 40);
+    let after = r.after.as_ref().expect("stage 3");
+    let before = &r.before;
+    for m in [after, before] {
+        assert!(m.text.is_some() && m.fusion.is_some(), "three columns: audio, text, audio + text");
+    }
+    let rows: std::collections::BTreeMap<&str, i64> =
+        r.stage3.as_ref().expect("stage 3").iter().map(|(n, s)| (n.as_str(), s.train_rows)).collect();
+    let n = r.fold_sizes["train"] as i64;
+    assert_eq!(rows["audio"], 2 * n, "h ∪ ĥ");
+    assert_eq!(rows["text"], 2 * n, "t ∪ t' = W_t ĥ");
+    assert_eq!(rows["fusion"], 4 * n, "(h | ĥ) × (t | t')");
+    assert_eq!(rows["fusion-real-only"], n);
+    assert!(r.artifacts.iter().any(|a| a.path == "stage3/fusion-classifier.safetensors"));
+    // Stage 0 is cached per fold: a second variant with the same text settings reuses it.
+    assert!(dir.path().join("cache/stage0").read_dir().expect("stage0 cache").count() == 1);
+}
+
+#[test]
+fn variants_that_share_stage_one_train_it_once() {
+    let _rng = torch_rng();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let body = format!(
+        "{}[[variants]]\nname = \"augmented\"\n[[variants]]\nname = \"baseline\"\nstage3 = {{ augment = \"none\" }}\n",
+        AUDIO_ONLY.replace("[stage1]\n", "[stage1]\nepochs = 1\n").replace("[stage2]\n", "[stage2]\nepochs = 2\n")
+    );
+    let js = jobs(dir.path(), &body);
+    assert_eq!(js.len(), 2);
+    let opts = |name: &str| RunOptions {
+        out: dir.path().join(name),
+        cache: dir.path().join("cache"),
+        device: tch::Device::Cpu,
+    };
+    let first = run_job(&js[0], &opts("a")).expect("first");
+    let second = run_job(&js[1], &opts("b")).expect("second");
+    assert!(!first.stage1.cached);
+    assert!(second.stage1.cached, "same stage-1 settings: trained once");
+    assert_eq!(first.stage1.key, second.stage1.key);
+    assert_eq!(first.before, second.before, "both report the same stage-1 model");
+    assert!(second.after.is_none() && second.stage2.is_none(), "baseline: no augmentation");
 }

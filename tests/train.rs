@@ -141,3 +141,33 @@ fn divergence_stops_with_the_stage_and_epoch() {
     assert!(err.starts_with("stage 2, epoch "), "{err}");
     assert!(err.contains("after 1 retry"), "{err}");
 }
+
+#[test]
+fn class_balanced_generation_fills_minority_classes_up_to_the_majority() {
+    use sera::spec::stages::{Augment, Stage3};
+    use sera::train::stage2::Generator;
+    use sera::train::stage3::{FoldFeatures, Split, run};
+    let _rng = torch_rng();
+    let (h, y, t) = synthetic(30, 5);
+    // Keep 30 neutral, 20 happy, 10 angry, 5 sad rows: imbalanced.
+    let keep: Vec<i64> = (0..120i64).filter(|i| (i % 30) < [30, 20, 10, 5][(i / 30) as usize]).collect();
+    let idx = Tensor::from_slice(&keep);
+    let (h, y, t) = (h.index_select(0, &idx), y.index_select(0, &idx), t.index_select(0, &idx));
+    let heads = trained_heads(&h, &y, &t);
+    let g = Generator::new(8, 4, Some(8), 16, Device::Cpu);
+    let split = |h: &Tensor, y: &Tensor, t: &Tensor| Split {
+        h: h.shallow_clone(),
+        t: Some(t.shallow_clone()),
+        y: y.shallow_clone(),
+    };
+    let f = FoldFeatures { train: split(&h, &y, &t), validation: None, test: split(&h, &y, &t), classes: 4 };
+    let s = Stage3 { augment: Augment::ClassBalanced, epochs: 2, ..Stage3::default() };
+    let out = run(&f, &heads, &g, &s, 0).expect("stage 3");
+    // One generated row per real row (65), plus 0 + 10 + 20 + 25 to reach 30 per class.
+    assert_eq!(out.generated_y.size(), [65 + 55]);
+    let counts = Vec::<i64>::try_from(out.generated_y.narrow(0, 65, 55).bincount::<Tensor>(None, 4)).expect("counts");
+    assert_eq!(counts, [0, 10, 20, 25]);
+    let t_gen = out.generated_t.expect("t' for multimodal");
+    assert_eq!(t_gen.size(), [120, 8]);
+    assert!(out.after.fusion.is_some() && out.after.text.is_some());
+}

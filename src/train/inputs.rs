@@ -9,6 +9,7 @@ use rayon::prelude::*;
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
+use super::stage0::{self, Stage0Summary, TextData};
 use super::stage1::AudioEncoder;
 use crate::audio;
 use crate::data::folds::{Fold, canonical_json, sha256_hex};
@@ -38,6 +39,8 @@ pub struct FoldInputs {
     pub classes: i64,
     /// The audio encoder over this fold's prepared audio (None from [`FoldInputs::labels_only`]).
     pub encoder: Option<Box<dyn AudioEncoder>>,
+    /// Stage 0, when the text encoder was fine-tuned first.
+    pub stage0: Option<Stage0Summary>,
 }
 
 impl FoldInputs {
@@ -46,17 +49,17 @@ impl FoldInputs {
         let (utts, rows) = ordered(corpus, fold)?;
         let index: HashMap<&str, usize> = corpus.classes.iter().enumerate().map(|(i, c)| (c.as_str(), i)).collect();
         let y: Vec<i64> = utts.iter().map(|u| index[u.label.as_str()] as i64).collect();
-        let t = match &spec.text_encoder {
-            Some(m) => Some(text_features(m, &utts, cache, device)?),
-            None => None,
+        let y = Tensor::from_slice(&y).to_device(device);
+        let classes = corpus.classes.len() as i64;
+        let (t, stage0) = match &spec.text_encoder {
+            Some(m) if spec.stages.stage0.enabled => {
+                let (t, summary) = fine_tuned_text_features(m, spec, &utts, &y, &rows, classes, cache, device)?;
+                (Some(t), Some(summary))
+            }
+            Some(m) => (Some(text_features(m, &utts, cache, device)?), None),
+            None => (None, None),
         };
-        Ok(FoldInputs {
-            y: Tensor::from_slice(&y).to_device(device),
-            t,
-            rows,
-            classes: corpus.classes.len() as i64,
-            encoder: None,
-        })
+        Ok(FoldInputs { y, t, rows, classes, encoder: None, stage0 })
     }
 
     /// Labels, text features, and the audio encoder with the fold's audio prepared.
@@ -161,6 +164,62 @@ pub fn text_features(model: &ModelSpec, utts: &[&Utterance], cache: &Path, devic
     Tensor::write_safetensors(&[("features", features.to_device(Device::Cpu))], &tmp)?;
     std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
     Ok(features)
+}
+
+/// Stage 0: text features from the encoder fine-tuned on this fold's training transcripts, cached
+/// under `cache/stage0/<key>` (the key hashes the encoder, stage-0 settings, seed and fold).
+#[allow(clippy::too_many_arguments)]
+fn fine_tuned_text_features(
+    model: &ModelSpec,
+    spec: &JobSpec,
+    utts: &[&Utterance],
+    y: &Tensor,
+    rows: &Rows,
+    classes: i64,
+    cache: &Path,
+    device: Device,
+) -> Result<(Tensor, Stage0Summary)> {
+    let mut identity = serde_json::to_value(model).unwrap_or_default();
+    if let Some(o) = identity.as_object_mut() {
+        o.remove("path");
+    }
+    let key_src = serde_json::json!({
+        "model": identity, "stage0": spec.stages.stage0, "seed": spec.seed,
+        "dataset": spec.dataset.name, "fold": spec.fold.checksum,
+    });
+    let key = sha256_hex(&canonical_json(&key_src))[..16].to_string();
+    let dir = cache.join("stage0").join(&key);
+    let (feats_path, summary_path) = (dir.join("features.safetensors"), dir.join("stage0.json"));
+    if feats_path.is_file() && summary_path.is_file() {
+        let named = Tensor::read_safetensors(&feats_path)?;
+        let text = std::fs::read_to_string(&summary_path).map_err(|e| Error::io(&summary_path, e))?;
+        let summary: Stage0Summary =
+            serde_json::from_str(&text).map_err(|e| Error::config(&summary_path, e.to_string()))?;
+        if let Some((_, t)) = named.into_iter().find(|(n, _)| n == "features") {
+            return Ok((t.to_device(device), summary));
+        }
+    }
+    let texts: Vec<&str> = utts
+        .iter()
+        .map(|u| {
+            u.text.as_deref().filter(|t| !t.trim().is_empty()).ok_or_else(|| {
+                Error::config(&u.audio, format!("utterance '{}' has no transcript, which stage 0 needs", u.id))
+            })
+        })
+        .collect::<Result<_>>()?;
+    let data =
+        TextData { texts: &texts, y, train: &rows.train, validation: &rows.validation, test: &rows.test, classes };
+    let tmp = cache.join("stage0").join(format!(".{key}.partial-{}", std::process::id()));
+    let (features, summary) = stage0::train(model, &data, &spec.stages.stage0, spec.seed, device, &tmp)?;
+    Tensor::write_safetensors(&[("features", features.to_device(Device::Cpu))], tmp.join("features.safetensors"))?;
+    let json = serde_json::to_vec_pretty(&summary).map_err(|e| Error::config(&summary_path, e.to_string()))?;
+    crate::fsutil::write_atomic(&tmp.join("stage0.json"), &json)?;
+    for f in ["stage0-encoder.safetensors", "stage0-head.safetensors"] {
+        let _ = std::fs::remove_file(tmp.join(f));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::rename(&tmp, &dir).map_err(|e| Error::io(&dir, e))?;
+    Ok((features, summary))
 }
 
 /// Rows of a precomputed feature file (`features.safetensors` `[N, D]` + `ids.json`) by utterance id.

@@ -7,6 +7,7 @@ pub mod heads;
 pub mod inputs;
 pub mod losses;
 pub mod pipeline;
+pub mod stage0;
 pub mod stage1;
 pub mod stage2;
 pub mod stage3;

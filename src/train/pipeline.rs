@@ -76,6 +76,9 @@ pub struct JobResult {
     pub before: ModalityMetrics,
     /// Test metrics after stage 3 (None for `augment = "none"`).
     pub after: Option<ModalityMetrics>,
+    /// Stage 0 (text-encoder fine-tuning), when enabled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage0: Option<super::stage0::Stage0Summary>,
     pub stage1: Stage1Summary,
     pub stage2: Option<Stage2Summary>,
     pub stage3: Option<Vec<(String, Selection)>>,
@@ -105,10 +108,10 @@ pub fn run_job(job: &Job, opts: &RunOptions) -> Result<JobResult> {
     let key = stage1_key(job);
     let s1_dir = opts.cache.join("stage1").join(&key);
     let t0 = Instant::now();
-    let (h_all, heads, s1, y_all, t_all, rows) = if s1_dir.join("done.json").is_file() {
+    let (h_all, heads, s1, y_all, t_all, rows, stage0) = if s1_dir.join("done.json").is_file() {
         let fin = FoldInputs::labels_only(&corpus, fold, spec, &opts.cache, opts.device)?;
         let (h, heads, summary) = load_stage1(&s1_dir, &key, opts.device, &fin)?;
-        (h, heads, summary, fin.y, fin.t, fin.rows)
+        (h, heads, summary, fin.y, fin.t, fin.rows, fin.stage0)
     } else {
         let mut fin = FoldInputs::load(&corpus, fold, spec, &opts.cache, opts.device)?;
         let tmp = temp_dir(&s1_dir)?;
@@ -133,7 +136,7 @@ pub fn run_job(job: &Job, opts: &RunOptions) -> Result<JobResult> {
         };
         save_stage1(&tmp, &out.features, &out.heads, &summary, &out.test)?;
         finish_dir(&tmp, &s1_dir)?;
-        (out.features, out.heads, summary, fin.y, fin.t, fin.rows)
+        (out.features, out.heads, summary, fin.y, fin.t, fin.rows, fin.stage0)
     };
     timings.insert("stage1".to_string(), if s1.cached { 0.0 } else { t0.elapsed().as_secs_f64() });
     let split = |idx: &[i64]| -> Split {
@@ -164,6 +167,7 @@ pub fn run_job(job: &Job, opts: &RunOptions) -> Result<JobResult> {
         ]),
         before: ModalityMetrics { audio: before_audio, text: None, fusion: None },
         after: None,
+        stage0,
         stage1: s1,
         stage2: None,
         stage3: None,

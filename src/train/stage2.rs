@@ -153,6 +153,7 @@ fn train_once(data: &GanData, heads: &Heads, s: &Stage2, seed: u64, lr_scale: f6
     let bs = (s.batch_size as i64).min(n).max(2);
     let h_c = label_entropy(data.y, data.classes);
     let mut curve = Vec::with_capacity(s.epochs);
+    let frozen_real = (!s.finetune_mi_heads).then(|| tch::no_grad(|| real_terms(data, text, &mi_heads, bs)));
     for epoch in 1..=s.epochs {
         let perm = Tensor::randperm(n, (Kind::Int64, device));
         let (mut d_sum, mut g_sum, mut steps) = (0.0, 0.0, 0usize);
@@ -201,7 +202,10 @@ fn train_once(data: &GanData, heads: &Heads, s: &Stage2, seed: u64, lr_scale: f6
             g_sum += gl;
             steps += 1;
         }
-        let log = tch::no_grad(|| observe(data, text, &generator, &mi_heads, bs, h_c, epoch));
+        let log = tch::no_grad(|| {
+            let real = frozen_real.unwrap_or_else(|| real_terms(data, text, &mi_heads, bs));
+            observe(data, text, &generator, &mi_heads, bs, h_c, epoch, real)
+        });
         let log = EpochLog { d_loss: d_sum / steps.max(1) as f64, g_loss: g_sum / steps.max(1) as f64, ..log };
         if !log.l_iy_generated.is_finite() {
             return Err(fail(epoch, "generated samples give a non-finite L_Iy".into()));
@@ -231,7 +235,25 @@ fn label_entropy(y: &Tensor, classes: i64) -> f64 {
     -(&nz * nz.log()).sum(Kind::Double).double_value(&[])
 }
 
-/// MI observables on the training set in batches of `bs` (fixed evaluation draw of z).
+/// The MI heads on real features: `(L_Iy, L_It)` over the training set in batches of `bs`. With
+/// frozen heads these never change, so they are computed once per training run.
+fn real_terms(data: &GanData, text: Option<&Tensor>, heads: &Heads, bs: i64) -> (f64, Option<f64>) {
+    let n = data.h.size()[0];
+    let (mut iy, mut it, mut batches) = (0.0, 0.0, 0usize);
+    for start in (0..n - bs + 1).step_by(bs as usize) {
+        let h = data.h.narrow(0, start, bs);
+        iy += cross_entropy(&heads.logits(&h), &data.y.narrow(0, start, bs)).double_value(&[]);
+        if let (Some(t), Some(tr)) = (text, heads.project_text(&h)) {
+            it += info_nce(&t.narrow(0, start, bs), &tr, data.temperature).double_value(&[]);
+        }
+        batches += 1;
+    }
+    let b = batches.max(1) as f64;
+    (iy / b, (text.is_some() && heads.text_proj.is_some()).then_some(it / b))
+}
+
+/// MI observables of the generator at the end of an epoch, over the training set in batches of
+/// `bs` (a fresh draw of z); `real` are the heads' losses on real features.
 fn observe(
     data: &GanData,
     text: Option<&Tensor>,
@@ -240,48 +262,53 @@ fn observe(
     bs: i64,
     h_c: f64,
     epoch: usize,
+    real: (f64, Option<f64>),
 ) -> EpochLog {
     let n = data.h.size()[0];
-    let (mut iy_g, mut iy_r, mut it_g, mut it_r, mut correct, mut batches) = (0.0, 0.0, 0.0, 0.0, 0i64, 0usize);
-    let mut fakes = Vec::new();
+    let (mut iy_g, mut it_g, mut correct, mut rows, mut batches) = (0.0, 0.0, 0i64, 0i64, 0usize);
+    let mut kept = Vec::new();
+    let mut kept_rows = 0;
     for start in (0..n - bs + 1).step_by(bs as usize) {
-        let h = data.h.narrow(0, start, bs);
         let y = data.y.narrow(0, start, bs);
         let t = text.map(|t| t.narrow(0, start, bs));
         let fake = g.generate(&y, t.as_ref());
         let logits = heads.logits(&fake);
         iy_g += cross_entropy(&logits, &y).double_value(&[]);
-        iy_r += cross_entropy(&heads.logits(&h), &y).double_value(&[]);
         correct += logits.argmax(-1, false).eq_tensor(&y).sum(Kind::Int64).int64_value(&[]);
-        if let (Some(t), Some(tf), Some(tr)) = (&t, heads.project_text(&fake), heads.project_text(&h)) {
+        if let (Some(t), Some(tf)) = (&t, heads.project_text(&fake)) {
             it_g += info_nce(t, &tf, data.temperature).double_value(&[]);
-            it_r += info_nce(t, &tr, data.temperature).double_value(&[]);
         }
-        fakes.push(fake);
+        if kept_rows < NEAREST_ROWS {
+            kept_rows += bs;
+            kept.push(fake);
+        }
+        rows += bs;
         batches += 1;
     }
     let b = batches.max(1) as f64;
-    let has_text = text.is_some() && heads.text_proj.is_some();
-    let fake = Tensor::cat(&fakes, 0);
+    let has_text = real.1.is_some();
     EpochLog {
         epoch,
         d_loss: 0.0,
         g_loss: 0.0,
         l_iy_generated: iy_g / b,
-        l_iy_real: iy_r / b,
+        l_iy_real: real.0,
         l_it_generated: has_text.then_some(it_g / b),
-        l_it_real: has_text.then_some(it_r / b),
+        l_it_real: real.1,
         iy_lower_bound: h_c - iy_g / b,
         it_lower_bound: has_text.then(|| (bs as f64).ln() - it_g / b),
-        generated_accuracy: correct as f64 / fake.size()[0].max(1) as f64,
-        nearest_real_ratio: nearest_real_ratio(&fake, data.h),
+        generated_accuracy: correct as f64 / rows.max(1) as f64,
+        nearest_real_ratio: nearest_real_ratio(&Tensor::cat(&kept, 0), data.h),
     }
 }
 
+/// Rows compared by the memorisation check.
+const NEAREST_ROWS: i64 = 512;
+
 /// Mean nearest-real distance of generated samples over the mean real-to-real nearest-neighbour
-/// distance (self excluded), on at most 512 rows of each (a fixed subset: the first rows).
+/// distance (self excluded), on at most [`NEAREST_ROWS`] rows of each (the first rows).
 pub fn nearest_real_ratio(fake: &Tensor, real: &Tensor) -> f64 {
-    let cap = |x: &Tensor| x.narrow(0, 0, x.size()[0].min(512));
+    let cap = |x: &Tensor| x.narrow(0, 0, x.size()[0].min(NEAREST_ROWS));
     let (fake, real) = (cap(fake), cap(real));
     if real.size()[0] < 2 || fake.size()[0] == 0 {
         return f64::NAN;
