@@ -375,7 +375,7 @@ fn versions() -> BTreeMap<String, String> {
         ("sera".into(), env!("CARGO_PKG_VERSION").into()),
         ("tch".into(), "0.24.0".into()),
         ("libtorch".into(), "2.11.0".into()),
-        ("git".into(), option_env!("SERA_GIT_COMMIT").unwrap_or("unknown").into()),
+        ("git".into(), env!("SERA_GIT_COMMIT").into()),
     ])
 }
 
