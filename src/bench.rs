@@ -57,8 +57,8 @@ pub fn stages(size: BenchSize, device: Device) -> Result<EpochTimes> {
         Ok(t0.elapsed().as_secs_f64())
     };
     // Warm-up, then the difference between 1 + E epochs and 1 epoch is E epochs of steady state.
-    let one = time(&mut || train(&data, &heads, &s2(1), 0).map(|_| ()))?;
-    let many = time(&mut || train(&data, &heads, &s2(1 + size.epochs), 0).map(|_| ()))?;
+    let one = time(&mut || train(&data, &heads, &s2(1), 0, &mut |_| true).map(|_| ()))?;
+    let many = time(&mut || train(&data, &heads, &s2(1 + size.epochs), 0, &mut |_| true).map(|_| ()))?;
     let stage2_epoch_s = (many - one).max(0.0) / size.epochs as f64;
 
     let x3 = Tensor::cat(&[&h, &h], 0);

@@ -37,6 +37,10 @@ pub enum Error {
     #[error("stage {stage}, epoch {epoch}: {message}")]
     Train { stage: u8, epoch: usize, message: String },
 
+    /// A stage was stopped by its caller after an epoch (its checkpoint stays for a resume).
+    #[error("stage {stage} interrupted after epoch {epoch}")]
+    Interrupted { stage: u8, epoch: usize },
+
     /// Anything from libtorch.
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),

@@ -166,3 +166,39 @@ fn variants_that_share_stage_one_train_it_once() {
     assert_eq!(first.before, second.before, "both report the same stage-1 model");
     assert!(second.after.is_none() && second.stage2.is_none(), "baseline: no augmentation");
 }
+
+#[test]
+fn stage_one_resumes_after_its_last_finished_epoch() {
+    use sera::train::inputs::FoldInputs;
+    use sera::train::stage1::{Stage1Data, train};
+    let _rng = torch_rng();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let job = &jobs(dir.path(), AUDIO_ONLY)[0];
+    let (corpus, folds) = job.resolve().expect("resolve");
+    let fold = folds.fold("Ses01F").expect("fold");
+    let mut fin =
+        FoldInputs::load(&corpus, fold, &job.spec, &dir.path().join("cache"), tch::Device::Cpu).expect("inputs");
+    let s = sera::spec::stages::Stage1 { epochs: 3, ..job.spec.stages.stage1.clone() };
+    let ckpt = dir.path().join("stage1");
+    let enc = fin.encoder.as_mut().expect("encoder");
+    let data = Stage1Data {
+        y: &fin.y,
+        t: None,
+        train: &fin.rows.train,
+        validation: &fin.rows.validation,
+        test: &fin.rows.test,
+        classes: fin.classes,
+    };
+    // "Killed" after epoch 2: the hook stops the stage once that epoch's checkpoint is written.
+    let err = train(enc.as_mut(), &data, &s, 0, &ckpt, &mut |e| e < 2).err().expect("interrupted");
+    assert!(matches!(err, sera::Error::Interrupted { stage: 1, epoch: 2 }), "{err}");
+    let mut seen = Vec::new();
+    let out = train(enc.as_mut(), &data, &s, 0, &ckpt, &mut |e| {
+        seen.push(e);
+        true
+    })
+    .expect("resumed");
+    assert_eq!(seen, [3], "only the unfinished epoch runs again");
+    assert_eq!(out.curve.iter().map(|e| e.epoch).collect::<Vec<_>>(), [1, 2, 3]);
+    assert_eq!(out.features.size(), [fin.y.size()[0], 64]);
+}

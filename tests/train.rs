@@ -96,7 +96,7 @@ fn infogan_generates_class_and_text_consistent_features() {
     let (h, y, t) = synthetic(64, 2);
     let heads = trained_heads(&h, &y, &t);
     let data = GanData { h: &h, y: &y, t: Some(&t), classes: 4, temperature: 0.1 };
-    let out = train(&data, &heads, &gan_settings(), 7).expect("stage 2");
+    let out = train(&data, &heads, &gan_settings(), 7, &mut |_| true).expect("stage 2");
     let first = &out.curve[0];
     let last = out.curve.last().expect("epochs");
     assert_eq!(out.curve.len(), 80);
@@ -111,7 +111,7 @@ fn infogan_generates_class_and_text_consistent_features() {
     assert!(out.heads.vs.variables()["classifier.weight"].equal(&heads.vs.variables()["classifier.weight"]));
 
     // Bit-for-bit reproducible on CPU for the same seed.
-    let again = train(&data, &heads, &gan_settings(), 7).expect("stage 2");
+    let again = train(&data, &heads, &gan_settings(), 7, &mut |_| true).expect("stage 2");
     assert_eq!(again.curve, out.curve);
     assert!(again.generator.linear.ws.equal(&out.generator.linear.ws));
 }
@@ -122,8 +122,8 @@ fn infogan_without_text_condition_has_no_text_observables() {
     let (h, y, t) = synthetic(32, 3);
     let heads = trained_heads(&h, &y, &t);
     let s = Stage2 { text_condition: false, lambda_it: 0.0, epochs: 3, ..gan_settings() };
-    let out =
-        train(&GanData { h: &h, y: &y, t: Some(&t), classes: 4, temperature: 0.1 }, &heads, &s, 1).expect("stage 2");
+    let out = train(&GanData { h: &h, y: &y, t: Some(&t), classes: 4, temperature: 0.1 }, &heads, &s, 1, &mut |_| true)
+        .expect("stage 2");
     assert_eq!(out.generator.text_dim, None);
     assert!(out.curve.iter().all(|e| e.l_it_generated.is_none() && e.it_lower_bound.is_none()));
 }
@@ -135,7 +135,7 @@ fn divergence_stops_with_the_stage_and_epoch() {
     let heads = trained_heads(&h, &y, &t);
     let s =
         Stage2 { lr_generator: 1e30, lr_discriminator: 1e30, retries: 1, mixup: false, epochs: 5, ..gan_settings() };
-    let err = train(&GanData { h: &h, y: &y, t: Some(&t), classes: 4, temperature: 0.1 }, &heads, &s, 1)
+    let err = train(&GanData { h: &h, y: &y, t: Some(&t), classes: 4, temperature: 0.1 }, &heads, &s, 1, &mut |_| true)
         .expect_err("a learning rate of 1e30 diverges")
         .to_string();
     assert!(err.starts_with("stage 2, epoch "), "{err}");

@@ -11,3 +11,8 @@ pub mod stage0;
 pub mod stage1;
 pub mod stage2;
 pub mod stage3;
+
+/// Called after every finished epoch with its number; returning false stops the stage at once
+/// with [`crate::Error::Interrupted`] (the worker reports progress through it; tests simulate a
+/// kill with it).
+pub type EpochHook<'a> = &'a mut dyn FnMut(usize) -> bool;

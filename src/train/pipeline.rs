@@ -125,7 +125,11 @@ pub fn run_job(job: &Job, opts: &RunOptions) -> Result<JobResult> {
                 classes: corpus.classes.len() as i64,
             };
             let enc = fin.encoder.as_mut().ok_or_else(|| Error::config("stage 1", "no audio encoder"))?;
-            stage1::train(enc.as_mut(), &data, &spec.stages.stage1, spec.seed, &tmp)?
+            let epochs = spec.stages.stage1.epochs;
+            stage1::train(enc.as_mut(), &data, &spec.stages.stage1, spec.seed, &tmp, &mut |e| {
+                progress.write("stage1", e, epochs);
+                true
+            })?
         };
         let summary = Stage1Summary {
             key: key.clone(),
@@ -194,7 +198,10 @@ pub fn run_job(job: &Job, opts: &RunOptions) -> Result<JobResult> {
                 classes: features.classes,
                 temperature: spec.stages.stage1.temperature,
             };
-            let out = stage2::train(&gan, &heads, s2, spec.seed)?;
+            let out = stage2::train(&gan, &heads, s2, spec.seed, &mut |e| {
+                progress.write("stage2", e, s2.epochs);
+                true
+            })?;
             let summary = Stage2Summary { curve: out.curve, retries: out.retries };
             out.generator.vs.save(tmp.join("generator.safetensors"))?;
             out.heads.save(&tmp.join("heads.safetensors"))?;

@@ -78,8 +78,15 @@ struct Progress {
 }
 
 /// Trains stage 1. `dir` holds the per-epoch checkpoint (resumed from if present) and the
-/// selected weights.
-pub fn train(enc: &mut dyn AudioEncoder, data: &Stage1Data, s: &Stage1, seed: u64, dir: &Path) -> Result<Stage1Output> {
+/// selected weights; `on_epoch` runs after each epoch's checkpoint is written.
+pub fn train(
+    enc: &mut dyn AudioEncoder,
+    data: &Stage1Data,
+    s: &Stage1,
+    seed: u64,
+    dir: &Path,
+    on_epoch: super::EpochHook,
+) -> Result<Stage1Output> {
     if s.precision == Precision::Bf16 {
         // tch 0.24's autocast only offers fp16 on CUDA (no bf16 dtype switch) and nothing on CPU;
         // training in fp16 without loss scaling would be silently worse, so refuse instead.
@@ -197,6 +204,9 @@ pub fn train(enc: &mut dyn AudioEncoder, data: &Stage1Data, s: &Stage1, seed: u6
         }
         progress.epoch = epoch;
         ckpt.save_epoch(enc, &heads, &align_vs, &progress)?;
+        if !on_epoch(epoch) {
+            return Err(Error::Interrupted { stage: 1, epoch });
+        }
     }
     if progress.best_epoch == 0 {
         return Err(Error::Train { stage: 1, epoch: 0, message: "stage1.epochs is 0".into() });

@@ -97,15 +97,16 @@ pub struct GanOutput {
 }
 
 /// Trains the InfoGAN. `heads` are the stage-1 heads (copied, never modified in place).
-pub fn train(data: &GanData, heads: &Heads, s: &Stage2, seed: u64) -> Result<GanOutput> {
+pub fn train(data: &GanData, heads: &Heads, s: &Stage2, seed: u64, on_epoch: super::EpochHook) -> Result<GanOutput> {
     let mut attempt = 0;
     loop {
         let scale = 0.5f64.powi(attempt as i32);
-        match train_once(data, heads, s, seed, scale) {
+        match train_once(data, heads, s, seed, scale, &mut *on_epoch) {
             Ok(mut out) => {
                 out.retries = attempt;
                 return Ok(out);
             }
+            Err(Diverged { epoch, what }) if what.is_empty() => return Err(Error::Interrupted { stage: 2, epoch }),
             Err(Diverged { epoch, what }) if attempt < s.retries => {
                 tracing::warn!(epoch, %what, "stage 2 diverged; retrying with halved learning rates");
                 attempt += 1;
@@ -130,7 +131,15 @@ struct Diverged {
     what: String,
 }
 
-fn train_once(data: &GanData, heads: &Heads, s: &Stage2, seed: u64, lr_scale: f64) -> Result<GanOutput, Diverged> {
+/// A failed run: `what` says why; empty means the caller stopped it.
+fn train_once(
+    data: &GanData,
+    heads: &Heads,
+    s: &Stage2,
+    seed: u64,
+    lr_scale: f64,
+    on_epoch: super::EpochHook,
+) -> Result<GanOutput, Diverged> {
     let fail = |epoch, what: String| Diverged { epoch, what };
     tch::manual_seed(seed as i64);
     let device = data.h.device();
@@ -204,9 +213,9 @@ fn train_once(data: &GanData, heads: &Heads, s: &Stage2, seed: u64, lr_scale: f6
         }
         let log = tch::no_grad(|| {
             let real = frozen_real.unwrap_or_else(|| real_terms(data, text, &mi_heads, bs));
-            observe(data, text, &generator, &mi_heads, bs, h_c, epoch, real)
+            observe(data, text, &generator, &mi_heads, bs, h_c, real)
         });
-        let log = EpochLog { d_loss: d_sum / steps.max(1) as f64, g_loss: g_sum / steps.max(1) as f64, ..log };
+        let log = EpochLog { epoch, d_loss: d_sum / steps.max(1) as f64, g_loss: g_sum / steps.max(1) as f64, ..log };
         if !log.l_iy_generated.is_finite() {
             return Err(fail(epoch, "generated samples give a non-finite L_Iy".into()));
         }
@@ -223,6 +232,9 @@ fn train_once(data: &GanData, heads: &Heads, s: &Stage2, seed: u64, lr_scale: f6
             "stage 2"
         );
         curve.push(log);
+        if !on_epoch(epoch) {
+            return Err(fail(epoch, String::new()));
+        }
     }
     Ok(GanOutput { generator, heads: mi_heads, curve, retries: 0 })
 }
@@ -253,7 +265,8 @@ fn real_terms(data: &GanData, text: Option<&Tensor>, heads: &Heads, bs: i64) -> 
 }
 
 /// MI observables of the generator at the end of an epoch, over the training set in batches of
-/// `bs` (a fresh draw of z); `real` are the heads' losses on real features.
+/// `bs` (a fresh draw of z); `real` are the heads' losses on real features. The caller sets
+/// the epoch and the training losses.
 fn observe(
     data: &GanData,
     text: Option<&Tensor>,
@@ -261,7 +274,6 @@ fn observe(
     heads: &Heads,
     bs: i64,
     h_c: f64,
-    epoch: usize,
     real: (f64, Option<f64>),
 ) -> EpochLog {
     let n = data.h.size()[0];
@@ -288,7 +300,7 @@ fn observe(
     let b = batches.max(1) as f64;
     let has_text = real.1.is_some();
     EpochLog {
-        epoch,
+        epoch: 0,
         d_loss: 0.0,
         g_loss: 0.0,
         l_iy_generated: iy_g / b,
