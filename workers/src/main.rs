@@ -1,8 +1,17 @@
 //! `sera-worker`: runs the jobs that `sera plan` produces. Workers never read TOML: a job spec is
 //! self-contained JSON.
 //!
-//! Exit status of `run-job`: 0 done, 2 deterministic failure (bad config or data: retrying cannot
-//! help), 1 anything else (a retry may succeed).
+//! `sera-worker work --redis URL [--device cuda:0 …]` (or `sera-worker --redis URL …`) is the
+//! cluster daemon (see `daemon`); `run-job` runs one job and is what the daemon's child processes
+//! run. Exit status of `run-job`: 0 done, 2 deterministic failure (bad config or data: retrying
+//! cannot help), 1 anything else (a retry may succeed).
+//!
+//! Test-only hooks, read by `run-job` from its environment (never from a job spec), used by the
+//! reliability tests to make a job slow, hang or crash:
+//! `SERA_TEST_JOB_SLEEP_MS` (sleep first, reporting progress every 200 ms),
+//! `SERA_TEST_JOB_HANG_MS` (sleep first without progress), `SERA_TEST_ABORT_JOB=<job-id>` (abort).
+
+mod daemon;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -15,13 +24,20 @@ use sera::train::pipeline::{RunOptions, run_job};
 /// sera GPU worker.
 #[derive(Parser)]
 #[command(name = "sera-worker", version, about)]
+#[command(args_conflicts_with_subcommands = true)]
 struct Cli {
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
+    /// `sera-worker --redis URL …` is short for `sera-worker work --redis URL …`.
+    #[command(flatten)]
+    work: Option<daemon::WorkArgs>,
 }
 
 #[derive(Subcommand)]
 enum Command {
+    /// Claim jobs from the queue and run each in a `run-job` child process, one claimer per
+    /// --device, until SIGTERM (which releases the running jobs for other workers).
+    Work(daemon::WorkArgs),
     /// Check that a job spec is intact and that its data is exactly the data that was planned
     /// (corpus loads, fold exists, fold checksum matches).
     CheckJob {
@@ -50,12 +66,20 @@ fn main() -> ExitCode {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
-    let result = match Cli::parse().command {
-        Command::CheckJob { job } => check_job(&job),
-        Command::RunJob { job, out, cache, device } => run(&job, &out, cache, &device),
+    let cli = Cli::parse();
+    let result = match (cli.command, cli.work) {
+        (Some(Command::Work(args)), _) | (None, Some(args)) => daemon::work(args),
+        (Some(Command::CheckJob { job }), _) => check_job(&job).map(|()| ExitCode::SUCCESS),
+        (Some(Command::RunJob { job, out, cache, device }), _) => {
+            run(&job, &out, cache, &device).map(|()| ExitCode::SUCCESS)
+        }
+        (None, None) => {
+            eprintln!("error: give a subcommand, or --redis URL to run the worker daemon (see --help)");
+            return ExitCode::from(2);
+        }
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             let deterministic = e.downcast_ref::<sera::Error>().is_some_and(sera::Error::is_deterministic);
@@ -90,6 +114,7 @@ fn check_job(path: &Path) -> Result<()> {
 
 fn run(path: &Path, out: &Path, cache: Option<PathBuf>, device: &str) -> Result<()> {
     let job = Job::read(path)?;
+    test_hooks(&job, out);
     let device = sera::device::parse(device)?;
     let cache = cache.unwrap_or_else(|| out.parent().unwrap_or(Path::new(".")).join("cache"));
     let result = run_job(&job, &RunOptions { out: out.to_path_buf(), cache, device })?;
@@ -103,4 +128,28 @@ fn run(path: &Path, out: &Path, cache: Option<PathBuf>, device: &str) -> Result<
         result.timings_s.get("total").copied().unwrap_or(0.0)
     );
     Ok(())
+}
+
+/// The test-only hooks (see the module docs). They read this process's environment only, so no
+/// job spec can trigger them.
+fn test_hooks(job: &Job, out: &Path) {
+    if std::env::var("SERA_TEST_ABORT_JOB").is_ok_and(|id| id == job.id) {
+        eprintln!("SERA_TEST_ABORT_JOB: aborting job {}", job.id);
+        std::process::abort();
+    }
+    let ms = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    let hang = ms("SERA_TEST_JOB_HANG_MS");
+    if hang > 0 {
+        std::thread::sleep(std::time::Duration::from_millis(hang));
+    }
+    let sleep = ms("SERA_TEST_JOB_SLEEP_MS");
+    if sleep > 0 {
+        let _ = std::fs::create_dir_all(out);
+        let ticks = sleep.div_ceil(200);
+        for k in 0..ticks {
+            let p = serde_json::json!({ "stage": "test-sleep", "epoch": k, "epochs": ticks });
+            let _ = sera::fsutil::write_atomic(&out.join("progress.json"), p.to_string().as_bytes());
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    }
 }
