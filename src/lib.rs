@@ -9,11 +9,13 @@ pub mod bench;
 pub mod data;
 pub mod device;
 pub mod error;
+pub mod features;
 pub mod fsutil;
 pub mod metrics;
 pub mod models;
 pub mod queue;
 pub mod report;
+pub mod runner;
 pub mod spec;
 pub mod train;
 

