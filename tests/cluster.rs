@@ -642,3 +642,105 @@ fn cluster_paths_and_payloads_are_checked_before_anything_is_written() {
     // A payload cannot name another job's directory either.
     assert!(record(&run, "0000000000000000", &payload.to_json()).is_err());
 }
+
+/// The completion payload a done job left in the queue, and its chunked artifacts (path, chunks).
+fn chunked_artifacts(q: &RedisQueue, id: &str) -> (CompletionPayload, Vec<(String, usize)>) {
+    let payload: CompletionPayload = serde_json::from_str(&q.result(id).unwrap().unwrap()).unwrap();
+    let chunked = payload
+        .artifacts
+        .iter()
+        .filter_map(|a| match &a.stored {
+            Stored::Chunked { chunks, .. } => Some((a.path.clone(), chunks.len())),
+            _ => None,
+        })
+        .collect();
+    (payload, chunked)
+}
+
+/// Every file under `dir` (recursively).
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().unwrap().is_dir() {
+                out.extend(files_under(&e.path()));
+            } else {
+                out.push(e.path());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn cluster_without_shared_store_large_artifacts_travel_through_redis_in_verified_chunks() {
+    let server = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let exp = experiment(dir.path(), "folds = [\"Ses02M\"]\nseeds = [6]", "");
+    let id = jobs_of(&exp, corpus())[0].id.clone();
+    let run = dir.path().join("run");
+    // No --run-dir, and every artifact above 0 bytes is "large": all of them go through Redis,
+    // in chunks of 1 KiB.
+    let _w = worker(dir.path(), "w", &server.url(), "chunks", &["--inline-max", "0", "--chunk-size", "1024"], &[]);
+    let mut orch = orchestrator(dir.path(), &exp, &run, &server.url(), "chunks", &[], "orch.log");
+    assert!(orch.wait(Duration::from_secs(120)).success(), "{}", orch.output());
+    let q = queue(&server.url(), "chunks");
+    let (payload, chunked) = chunked_artifacts(&q, &id);
+    let nonempty = payload.artifacts.iter().filter(|a| a.bytes > 0).count();
+    assert_eq!(chunked.len(), nonempty, "every non-empty artifact was chunked: {chunked:?}");
+    assert!(chunked.iter().any(|(_, n)| *n >= 2), "{chunked:?}");
+    // The recorded files are the worker's, byte for byte (result.json lists the worker's SHA-256).
+    let result: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join(&id).join("result.json")).unwrap()).unwrap();
+    let listed = result["artifacts"].as_array().unwrap();
+    assert_eq!(listed.len(), payload.artifacts.len());
+    let mut bytes = 0;
+    for a in listed {
+        let path = a["path"].as_str().unwrap();
+        let (sha, n) = sera::runner::payload::sha256_file(&run.join(&id).join(path)).unwrap();
+        assert_eq!((sha.as_str(), n), (a["sha256"].as_str().unwrap(), a["bytes"].as_u64().unwrap()), "{path}");
+        bytes += n;
+    }
+    // Recorded, then deleted from Redis; nothing left in staging, no temp files.
+    for (path, _) in &chunked {
+        assert_eq!(q.get_chunk(&id, payload.token, path, 0).unwrap(), None, "{path} still in Redis");
+    }
+    assert!(files_under(&run.join(".incoming")).is_empty(), "staging left behind");
+    assert!(files_under(&run).iter().all(|f| !f.to_string_lossy().contains(".tmp-")));
+    assert_eq!(jsonl_ids(&run), vec![id]);
+    let total: usize = chunked.iter().map(|(_, n)| n).sum();
+    eprintln!(
+        "{} artifacts ({bytes} bytes) went through Redis in {total} chunks of ≤ 1024 bytes and were recorded with matching SHA-256",
+        chunked.len()
+    );
+}
+
+#[test]
+fn cluster_corrupted_chunk_makes_the_orchestrator_refuse_the_result_and_write_nothing() {
+    let server = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let exp = experiment(dir.path(), "folds = [\"Ses01M\"]\nseeds = [7]", "");
+    let jobs = jobs_of(&exp, corpus());
+    let id = jobs[0].id.clone();
+    let q = queue(&server.url(), "corrupt");
+    submit(&q, &jobs);
+    let _w = worker(dir.path(), "w", &server.url(), "corrupt", &["--inline-max", "0", "--chunk-size", "1024"], &[]);
+    wait_for(Duration::from_secs(90), "the job done", || (info(&q, &id).state == JobState::Done).then_some(()));
+    let (payload, chunked) = chunked_artifacts(&q, &id);
+    let (path, n) = chunked.iter().max_by_key(|(_, n)| *n).unwrap().clone();
+    assert!(n >= 2, "{chunked:?}");
+    // Overwrite the last chunk of the largest artifact behind the queue's back.
+    let key = q.chunk_key(&id, payload.token, &path, u32::try_from(n - 1).unwrap());
+    assert_eq!(server.raw(&["SET", &key, "corrupted bytes"]), "+OK\r\n");
+    let run = dir.path().join("run");
+    let mut orch = orchestrator(dir.path(), &exp, &run, &server.url(), "corrupt", &[], "orch.log");
+    let status = orch.wait(Duration::from_secs(60));
+    let out = orch.output();
+    assert_eq!(status.code(), Some(1), "a refused result fails the sweep:\n{out}");
+    assert!(out.contains("result REJECTED") && out.contains(&format!("chunk {} checksum mismatch", n - 1)), "{out}");
+    assert!(!run.join(&id).join(&path).exists(), "a file at the final path");
+    assert!(files_under(&run.join(&id)).is_empty(), "{:?}", files_under(&run.join(&id)));
+    assert!(files_under(&run.join(".incoming")).is_empty(), "{:?}", files_under(&run.join(".incoming")));
+    assert!(!RunDir::new(&run).has_result(&id) && jsonl_ids(&run).is_empty());
+    eprintln!("chunk {} of {path} ({n} chunks) overwritten in Redis: result refused, nothing written", n - 1);
+}

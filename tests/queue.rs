@@ -734,3 +734,87 @@ fn redis_throughput_noop_jobs() {
     let memory = sera::queue::bench::noop_throughput(None, n).unwrap();
     println!("in-process queue: {memory:.0} no-op jobs/s");
 }
+
+/// Artifact chunks: round trip under the claim's token, bounded size, fenced writes (a stale
+/// token is refused and cannot touch the new owner's chunks), deletion.
+fn artifact_chunks_round_trip_and_are_fenced(h: &Harness) {
+    let q = h.q();
+    assert_eq!(q.chunk_max(), sera::queue::DEFAULT_CHUNK_MAX);
+    q.submit(&[job("c1")]).unwrap();
+    let first = q.claim("w1").unwrap().unwrap();
+    let (a, b): (Vec<u8>, Vec<u8>) = ((0..=255u8).cycle().take(70_000).collect(), vec![0, 1, 2, 255]);
+    assert_eq!(
+        q.put_chunk(&first.lease(), "stage2/generator.safetensors", 0, &a).unwrap(),
+        sera::queue::ChunkWrite::Stored
+    );
+    assert_eq!(
+        q.put_chunk(&first.lease(), "stage2/generator.safetensors", 1, &b).unwrap(),
+        sera::queue::ChunkWrite::Stored
+    );
+    // Repeating a write is harmless; binary data comes back byte for byte.
+    assert_eq!(
+        q.put_chunk(&first.lease(), "stage2/generator.safetensors", 1, &b).unwrap(),
+        sera::queue::ChunkWrite::Stored
+    );
+    assert_eq!(q.get_chunk("c1", first.token, "stage2/generator.safetensors", 0).unwrap().unwrap(), a);
+    assert_eq!(q.get_chunk("c1", first.token, "stage2/generator.safetensors", 1).unwrap().unwrap(), b);
+    assert_eq!(q.get_chunk("c1", first.token, "stage2/generator.safetensors", 2).unwrap(), None);
+    assert_eq!(q.get_chunk("c1", first.token + 1, "stage2/generator.safetensors", 0).unwrap(), None);
+    // Bounded: a chunk above chunk_max is refused.
+    let big = vec![7u8; sera::queue::DEFAULT_CHUNK_MAX + 1];
+    assert!(matches!(q.put_chunk(&first.lease(), "x.bin", 0, &big), Err(QueueError::Invalid { .. })));
+
+    // The lease expires and another worker claims the job: the first claim's writes are refused.
+    h.advance(LEASE + Duration::from_millis(100));
+    let (second, _) = reap_until_claimed(h, "w2", Duration::from_secs(5));
+    assert_eq!(second.token, first.token + 1);
+    assert_eq!(
+        q.put_chunk(&second.lease(), "stage2/generator.safetensors", 0, &b).unwrap(),
+        sera::queue::ChunkWrite::Stored
+    );
+    let stale = q.put_chunk(&first.lease(), "stage2/generator.safetensors", 0, b"zombie").unwrap();
+    assert_eq!(stale, sera::queue::ChunkWrite::Rejected, "a stale token's chunk write is rejected");
+    assert_eq!(q.get_chunk("c1", second.token, "stage2/generator.safetensors", 0).unwrap().unwrap(), b);
+    assert_eq!(q.get_chunk("c1", first.token, "stage2/generator.safetensors", 0).unwrap().unwrap(), a);
+    // A chunk write counts as a sign of life, like a heartbeat.
+    assert!(q.job("c1").unwrap().unwrap().heartbeat_age.unwrap() < Duration::from_secs(1));
+    assert_eq!(q.complete(&second.lease(), "{}").unwrap(), Completion::Committed);
+    assert_eq!(q.put_chunk(&second.lease(), "late.bin", 0, b"x").unwrap(), sera::queue::ChunkWrite::Rejected);
+
+    assert_eq!(q.delete_artifacts("c1").unwrap(), 3, "two chunks of token 1, one of token 2");
+    assert_eq!(q.get_chunk("c1", second.token, "stage2/generator.safetensors", 0).unwrap(), None);
+    assert_eq!(q.delete_artifacts("c1").unwrap(), 0);
+    assert!(q.get_chunk("no spaces allowed", 1, "a", 0).is_err());
+    assert!(q.put_chunk(&second.lease(), "", 0, b"x").is_err());
+}
+
+#[test]
+fn memory_artifact_chunks_round_trip_and_are_fenced() {
+    artifact_chunks_round_trip_and_are_fenced(&Harness::memory());
+}
+
+#[test]
+fn redis_artifact_chunks_round_trip_and_are_fenced() {
+    let h = Harness::redis();
+    artifact_chunks_round_trip_and_are_fenced(&h);
+    // On Redis: under the queue's hash tag, with the finished-job retention as TTL.
+    let server = h._server.as_ref().unwrap();
+    let cfg = QueueConfig { retention: Duration::from_secs(100), chunk_max: 4096, ..config() };
+    let q = RedisQueue::connect(&server.url(), cfg).unwrap();
+    q.submit(&[job("c2")]).unwrap();
+    let c = q.claim("w").unwrap().unwrap();
+    assert_eq!(q.put_chunk(&c.lease(), "a:b.bin", 0, &[1u8; 4096]).unwrap(), sera::queue::ChunkWrite::Stored);
+    assert!(q.put_chunk(&c.lease(), "a:b.bin", 1, &[1u8; 4097]).is_err(), "configurable bound");
+    let client = ::redis::Client::open(server.url()).unwrap();
+    let mut conn = client.get_connection().unwrap();
+    let key = q.chunk_key("c2", c.token, "a:b.bin", 0);
+    assert!(key.starts_with("sera:{test}:chunk:"), "{key}");
+    let ttl: i64 = ::redis::cmd("TTL").arg(&key).query(&mut conn).unwrap();
+    assert!(ttl > 0 && ttl <= 100, "chunk TTL {ttl}");
+    let keys: Vec<String> = ::redis::cmd("KEYS").arg("*chunk*").query(&mut conn).unwrap();
+    assert!(keys.iter().all(|k| k.starts_with("sera:{test}:")), "{keys:?}");
+    assert_eq!(q.delete_artifacts("c2").unwrap(), 1);
+    let left: Vec<String> = ::redis::cmd("KEYS").arg("*chunk*").query(&mut conn).unwrap();
+    assert!(left.is_empty(), "{left:?}");
+    assert!(RedisQueue::new(&server.url(), QueueConfig { chunk_max: 10, ..config() }).is_err());
+}

@@ -16,7 +16,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use sera::queue::{self, Envelope, JobQueue, JobState, QueueConfig, RedisQueue};
-use sera::runner::payload::{ArtifactStore, DEFAULT_INLINE_MAX, Recorded, record};
+use sera::runner::payload::{ArtifactStore, DEFAULT_INLINE_MAX, Recorded, record_from};
 use sera::runner::progress::Progress;
 use sera::runner::run_dir::RunDir;
 use sera::runner::status::StatusView;
@@ -276,6 +276,7 @@ fn follow(
     let mut totals: Vec<f64> = Vec::new();
     let mut last_warning: Option<Instant> = None;
     let mut seen_running: BTreeSet<String> = BTreeSet::new();
+    let mut record_tries: HashMap<String, u32> = HashMap::new();
     while !open.is_empty() {
         let _ = queue.reap();
         let status = match queue.status() {
@@ -307,7 +308,8 @@ fn follow(
                         Err(e) if e.is_retryable() => continue,
                         Err(e) => return Err(e.into()),
                     };
-                    match record(run, &id, &payload) {
+                    // Chunked artifacts are fetched from the queue, verified and deleted there.
+                    match record_from(run, &id, &payload, Some(queue)) {
                         Ok(Recorded::New(r)) => {
                             if let Some(t) = r.timings_s.get("total") {
                                 totals.push(*t);
@@ -320,6 +322,12 @@ fn follow(
                             ));
                         }
                         Ok(Recorded::Already) => {}
+                        Err(e) if !e.is_deterministic() && *record_tries.entry(id.clone()).or_default() < 20 => {
+                            // The queue or the disk hiccuped (not a bad result): try again next poll.
+                            *record_tries.entry(id.clone()).or_default() += 1;
+                            say(format!("job {id} ({name}): cannot record the result yet: {e} (retrying)"));
+                            continue;
+                        }
                         Err(e) => {
                             say(format!("job {id} ({name}): result REJECTED: {e}"));
                             failed.insert(id.clone(), format!("result rejected: {e}"));

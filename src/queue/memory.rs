@@ -6,9 +6,9 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use super::{
-    Claim, Completion, FailOutcome, Failure, FailureKind, Heartbeat, JobInfo, JobQueue, JobState, Lease, NewJob,
-    QueueConfig, QueueError, QueueStatus, ReapReport, Release, check_id, check_json, check_worker, duration_ms,
-    local_now_ms,
+    ChunkWrite, Claim, Completion, FailOutcome, Failure, FailureKind, Heartbeat, JobInfo, JobQueue, JobState, Lease,
+    NewJob, QueueConfig, QueueError, QueueStatus, ReapReport, Release, check_chunk, check_id, check_json, check_worker,
+    duration_ms, local_now_ms,
 };
 
 /// What the in-process queue calls itself in messages.
@@ -32,7 +32,12 @@ struct State {
     leases: BTreeMap<String, u64>,
     /// When a reaper last ran, for the outage gate.
     reaper_seen: Option<u64>,
+    /// Artifact chunks per job, by (token, artifact, index).
+    chunks: HashMap<String, Chunks>,
 }
+
+/// One job's artifact chunks, by (token, artifact, index).
+type Chunks = BTreeMap<(u64, String, u32), Vec<u8>>;
 
 #[derive(Debug)]
 struct Record {
@@ -274,6 +279,9 @@ impl JobQueue for MemoryQueue {
         st.jobs.retain(|_, r| {
             !(r.state.is_finished() && r.finished_ms.is_some_and(|f| f.saturating_add(retention) <= now))
         });
+        // Chunks go with their job (on Redis they expire after the same retention).
+        let State { jobs, chunks, .. } = &mut *st;
+        chunks.retain(|id, _| jobs.contains_key(id));
         Ok(report)
     }
 
@@ -305,6 +313,35 @@ impl JobQueue for MemoryQueue {
 
     fn result(&self, id: &str) -> Result<Option<String>, QueueError> {
         Ok(self.lock().jobs.get(id).filter(|r| r.state == JobState::Done).and_then(|r| r.result.clone()))
+    }
+
+    fn chunk_max(&self) -> usize {
+        self.config.chunk_max
+    }
+
+    fn put_chunk(&self, lease: &Lease, artifact: &str, index: u32, bytes: &[u8]) -> Result<ChunkWrite, QueueError> {
+        check_chunk(LOCATION, &lease.id, artifact, Some((bytes.len(), self.config.chunk_max)))?;
+        let now = self.now();
+        let mut st = self.lock();
+        let Some(rec) = st.jobs.get_mut(&lease.id).filter(|r| r.holds(lease)) else { return Ok(ChunkWrite::Rejected) };
+        rec.heartbeat_ms = Some(now);
+        st.leases.insert(lease.id.clone(), now.saturating_add(self.lease_ms()));
+        st.chunks
+            .entry(lease.id.clone())
+            .or_default()
+            .insert((lease.token, artifact.to_string(), index), bytes.to_vec());
+        Ok(ChunkWrite::Stored)
+    }
+
+    fn get_chunk(&self, id: &str, token: u64, artifact: &str, index: u32) -> Result<Option<Vec<u8>>, QueueError> {
+        check_chunk(LOCATION, id, artifact, None)?;
+        let st = self.lock();
+        Ok(st.chunks.get(id).and_then(|c| c.get(&(token, artifact.to_string(), index))).cloned())
+    }
+
+    fn delete_artifacts(&self, id: &str) -> Result<usize, QueueError> {
+        check_id(LOCATION, id)?;
+        Ok(self.lock().chunks.remove(id).map_or(0, |c| c.len()))
     }
 }
 

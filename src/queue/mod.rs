@@ -10,6 +10,13 @@
 //! Job ids are deterministic (the hash from `sera plan`), so submitting a job that is already
 //! known does nothing. Payloads, progress and results are JSON strings, readable with
 //! `redis-cli`; payloads are normally an [`Envelope`].
+//!
+//! The queue also carries artifact chunks for clusters without a shared run directory: a worker
+//! stores the chunks of its large artifacts with [`JobQueue::put_chunk`] (fenced like a
+//! heartbeat: a stale token is refused, so a zombie cannot overwrite the new owner's chunks, and
+//! the chunks of each claim live under its own token), the orchestrator reads them back with
+//! [`JobQueue::get_chunk`] and drops them with [`JobQueue::delete_artifacts`] once recorded.
+//! Chunks are bounded by [`QueueConfig::chunk_max`] and, on Redis, expire after the retention.
 
 pub mod bench;
 mod memory;
@@ -27,6 +34,12 @@ pub use self::redis::RedisQueue;
 
 /// Version of the payload envelope; a worker refuses envelopes of another version.
 pub const ENVELOPE_SCHEMA: u32 = 1;
+
+/// Default bound on one artifact chunk stored in the queue.
+pub const DEFAULT_CHUNK_MAX: usize = 4 << 20;
+
+/// The largest chunk bound a queue accepts (a Redis string holds at most 512 MiB).
+pub const CHUNK_MAX_LIMIT: usize = 256 << 20;
 
 /// The longest job id the queue accepts (ids are 16 hex digits from `sera plan`).
 pub const MAX_ID_LEN: usize = 128;
@@ -241,6 +254,16 @@ pub enum Release {
     Rejected,
 }
 
+/// Answer to a chunk write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub enum ChunkWrite {
+    /// The chunk is stored under the claim's token (and the lease is extended, as by a heartbeat).
+    Stored,
+    /// The lease is stale: nothing was stored; stop and never commit.
+    Rejected,
+}
+
 /// What one reaper pass did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ReapReport {
@@ -414,6 +437,8 @@ pub struct QueueConfig {
     pub timeout: Duration,
     /// Approximate cap on the length of the Redis events stream.
     pub events_maxlen: u64,
+    /// The largest artifact chunk [`JobQueue::put_chunk`] accepts (workers cut chunks this big).
+    pub chunk_max: usize,
     /// Shift of the queue's clock, for tests.
     pub clock: ClockOffset,
 }
@@ -429,6 +454,7 @@ impl Default for QueueConfig {
             retention: Duration::from_secs(7 * 24 * 3600),
             timeout: Duration::from_secs(5),
             events_maxlen: 10_000,
+            chunk_max: DEFAULT_CHUNK_MAX,
             clock: ClockOffset::default(),
         }
     }
@@ -468,6 +494,9 @@ impl QueueConfig {
         }
         if self.timeout < Duration::from_millis(10) {
             return invalid(format!("timeout {:?} is too short (at least 10 ms)", self.timeout));
+        }
+        if !(1024..=CHUNK_MAX_LIMIT).contains(&self.chunk_max) {
+            return invalid(format!("chunk size {} must be 1024 to {CHUNK_MAX_LIMIT} bytes", self.chunk_max));
         }
         if self.retention < Duration::from_secs(1) {
             return invalid(format!("retention {:?} is too short (at least 1 s)", self.retention));
@@ -519,6 +548,22 @@ pub trait JobQueue: Send + Sync {
 
     /// The result JSON of a done job.
     fn result(&self, id: &str) -> Result<Option<String>, QueueError>;
+
+    /// The largest chunk [`Self::put_chunk`] accepts ([`QueueConfig::chunk_max`]).
+    fn chunk_max(&self) -> usize;
+
+    /// Stores chunk `index` of `artifact` (a path relative to the job's directory) for the claim
+    /// `lease` holds, under its token; a successful write also extends the lease. Refused with
+    /// `Rejected` when the lease is stale, with an error when `bytes` exceeds [`Self::chunk_max`].
+    /// Repeating it is harmless.
+    fn put_chunk(&self, lease: &Lease, artifact: &str, index: u32, bytes: &[u8]) -> Result<ChunkWrite, QueueError>;
+
+    /// Chunk `index` of `artifact` as stored by the claim with `token`, or `None` if there is none
+    /// (never stored, deleted, or expired after the retention).
+    fn get_chunk(&self, id: &str, token: u64, artifact: &str, index: u32) -> Result<Option<Vec<u8>>, QueueError>;
+
+    /// Deletes every artifact chunk of the job, whatever claim stored it. Returns how many.
+    fn delete_artifacts(&self, id: &str) -> Result<usize, QueueError>;
 }
 
 /// Opens the queue at `url` (`redis://` or `rediss://`), or a fresh in-process queue when `url`
@@ -550,6 +595,23 @@ fn check_id(url: &str, id: &str) -> Result<(), QueueError> {
             url: url.to_string(),
             message: format!("job id {id:?} must be 1-{MAX_ID_LEN} printable ASCII characters without spaces"),
         });
+    }
+    Ok(())
+}
+
+/// Refuses artifact names (relative paths) that would be unreadable in keys, and oversized chunks.
+fn check_chunk(url: &str, id: &str, artifact: &str, len: Option<(usize, usize)>) -> Result<(), QueueError> {
+    check_id(url, id)?;
+    let invalid = |message: String| Err(QueueError::Invalid { url: url.to_string(), message });
+    if artifact.is_empty() || artifact.len() > 1024 || artifact.chars().any(char::is_control) {
+        return invalid(format!(
+            "job {id}: artifact name {artifact:?} must be 1-1024 characters without control characters"
+        ));
+    }
+    if let Some((len, max)) = len
+        && len > max
+    {
+        return invalid(format!("job {id}: chunk of {artifact} is {len} bytes, more than the {max}-byte chunk limit"));
     }
     Ok(())
 }

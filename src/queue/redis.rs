@@ -12,12 +12,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use redis::{Client, Connection, ErrorKind, FromRedisValue, RedisError, RedisResult, Script, ServerErrorKind};
+use redis::{
+    Client, Connection, ErrorKind, FromRedisValue, RedisError, RedisResult, Script, ScriptInvocation, ServerErrorKind,
+};
 
 use super::{
-    Claim, Completion, FailOutcome, Failure, FailureKind, Heartbeat, JobInfo, JobQueue, JobState, Lease, NewJob,
-    QueueConfig, QueueError, QueueStatus, ReapReport, Release, check_id, check_json, check_worker, duration_ms,
-    redact_url,
+    ChunkWrite, Claim, Completion, FailOutcome, Failure, FailureKind, Heartbeat, JobInfo, JobQueue, JobState, Lease,
+    NewJob, QueueConfig, QueueError, QueueStatus, ReapReport, Release, check_chunk, check_id, check_json, check_worker,
+    duration_ms, redact_url,
 };
 
 /// Jobs per submit script: keeps one script run short (Redis serves nobody else meanwhile).
@@ -39,6 +41,8 @@ struct Scripts {
     reap: Script,
     requeue: Script,
     info: Script,
+    chunk_put: Script,
+    delete_chunks: Script,
 }
 
 impl Scripts {
@@ -54,6 +58,8 @@ impl Scripts {
             reap: s(include_str!("lua/reap.lua")),
             requeue: s(include_str!("lua/requeue.lua")),
             info: s(include_str!("lua/info.lua")),
+            chunk_put: s(include_str!("lua/chunk_put.lua")),
+            delete_chunks: s(include_str!("lua/delete_chunks.lua")),
         }
     }
 }
@@ -134,6 +140,12 @@ impl RedisQueue {
     /// The key prefix of this queue's namespace (`sera:{<namespace>}:`).
     pub fn key_prefix(&self) -> &str {
         &self.prefix
+    }
+
+    /// The key of one artifact chunk: `<prefix>chunk:<id>:<token>:<index>:<artifact>` (the
+    /// artifact path last, so that a `:` in it cannot make two keys collide).
+    pub fn chunk_key(&self, id: &str, token: u64, artifact: &str, index: u32) -> String {
+        format!("{}chunk:{id}:{token}:{index}:{artifact}", self.prefix)
     }
 
     fn check_url(url: &str, config: &QueueConfig) -> Result<String, QueueError> {
@@ -293,16 +305,22 @@ impl RedisQueue {
         repeatable: bool,
         args: &[&str],
     ) -> Result<T, QueueError> {
-        let mut inv = script.prepare_invoke();
-        for key in &self.keys {
-            inv.key(key.as_str());
-        }
-        inv.arg(self.prefix.as_str()).arg(self.config.clock.ms()).arg(self.config.events_maxlen);
+        let mut inv = self.invocation(script);
         for arg in args {
             inv.arg(*arg);
         }
         // `ScriptInvocation::invoke` reloads the script after NOSCRIPT (a restarted server).
         self.call(what, repeatable, |conn| inv.invoke(conn))
+    }
+
+    /// `script` with the common keys and arguments, ready for the script's own arguments.
+    fn invocation<'a>(&self, script: &'a Script) -> ScriptInvocation<'a> {
+        let mut inv = script.prepare_invoke();
+        for key in &self.keys {
+            inv.key(key.as_str());
+        }
+        inv.arg(self.prefix.as_str()).arg(self.config.clock.ms()).arg(self.config.events_maxlen);
+        inv
     }
 
     fn fatal(&self, message: String) -> QueueError {
@@ -481,6 +499,39 @@ impl JobQueue for RedisQueue {
         let (state, result): (Option<String>, Option<String>) =
             self.call("result", true, |conn| redis::cmd("HMGET").arg(&key).arg("state").arg("result").query(conn))?;
         Ok(result.filter(|_| state.as_deref() == Some("done")))
+    }
+
+    fn chunk_max(&self) -> usize {
+        self.config.chunk_max
+    }
+
+    fn put_chunk(&self, lease: &Lease, artifact: &str, index: u32, bytes: &[u8]) -> Result<ChunkWrite, QueueError> {
+        check_chunk(&self.url, &lease.id, artifact, Some((bytes.len(), self.config.chunk_max)))?;
+        let mut inv = self.invocation(&self.scripts.chunk_put);
+        inv.arg(&lease.id)
+            .arg(lease.token.to_string())
+            .arg(artifact)
+            .arg(index.to_string())
+            .arg(bytes)
+            .arg(self.retention_s())
+            .arg(duration_ms(self.config.lease).to_string());
+        let reply: String = self.call("put_chunk", true, |conn| inv.invoke(conn))?;
+        match reply.as_str() {
+            "stored" => Ok(ChunkWrite::Stored),
+            "rejected" => Ok(ChunkWrite::Rejected),
+            other => Err(self.fatal(format!("put_chunk: unexpected reply {other:?}"))),
+        }
+    }
+
+    fn get_chunk(&self, id: &str, token: u64, artifact: &str, index: u32) -> Result<Option<Vec<u8>>, QueueError> {
+        check_chunk(&self.url, id, artifact, None)?;
+        let key = self.chunk_key(id, token, artifact, index);
+        self.call("get_chunk", true, |conn| redis::cmd("GET").arg(&key).query::<Option<Vec<u8>>>(conn))
+    }
+
+    fn delete_artifacts(&self, id: &str) -> Result<usize, QueueError> {
+        check_id(&self.url, id)?;
+        self.run(&self.scripts.delete_chunks, "delete_artifacts", true, &[id])
     }
 }
 

@@ -13,7 +13,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use super::paths::check_job_id;
-use super::payload::{ArtifactStore, CompletionPayload};
+use super::payload::{ArtifactStore, ChunkPush, CompletionPayload};
 use super::progress::{Progress, StageProgress};
 use crate::queue::{Claim, Completion, Envelope, FailOutcome, Failure, Heartbeat, JobQueue, QueueError, Release};
 use crate::spec::Job;
@@ -225,7 +225,11 @@ pub fn run_claim(queue: &dyn JobQueue, cfg: &WorkerConfig, claim: Claim, stop: &
 
     let elapsed = started.elapsed().as_secs_f64();
     if status.success() {
-        let payload = CompletionPayload::build(&job.id, &cfg.name, lease.token, &out, &cfg.store);
+        // Without a shared run directory, artifacts too large for the payload go through the
+        // queue in chunks, fenced by this claim's token.
+        let push = ChunkPush { queue, lease: &lease, chunk_bytes: queue.chunk_max(), patience: cfg.report_patience };
+        let push = cfg.store.shared_run_dir.is_none().then_some(&push);
+        let payload = CompletionPayload::build_via(&job.id, &cfg.name, lease.token, &out, &cfg.store, push);
         let outcome = match payload {
             Err(e) => {
                 let failure = if e.is_deterministic() {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use sera::queue::{JobQueue, QueueConfig, RedisQueue};
+use sera::queue::{DEFAULT_CHUNK_MAX, JobQueue, QueueConfig, RedisQueue};
 use sera::runner::payload::{ArtifactStore, DEFAULT_INLINE_MAX};
 use sera::runner::signals;
 use sera::runner::worker::{WorkerConfig, claim_loop, hostname, reap_loop};
@@ -36,8 +36,8 @@ pub struct WorkArgs {
     #[arg(long, default_value_t = 7200.0)]
     pub stall_timeout: f64,
     /// The sweep's run directory, shared with the orchestrator: large artifacts are staged there
-    /// (and the stage-1 cache lives in <run-dir>/cache). Without it every artifact must fit in the
-    /// queue payload (--inline-max).
+    /// (and the stage-1 cache lives in <run-dir>/cache). Without it, artifacts above --inline-max
+    /// are pushed through Redis in checksummed chunks of --chunk-size bytes.
     #[arg(long, value_name = "DIR")]
     pub run_dir: Option<PathBuf>,
     /// Local scratch for running jobs (default: $TMPDIR/sera-worker-<namespace>).
@@ -49,6 +49,9 @@ pub struct WorkArgs {
     /// Artifacts up to this many bytes travel inline in the completion payload.
     #[arg(long, default_value_t = DEFAULT_INLINE_MAX)]
     pub inline_max: u64,
+    /// Bytes per artifact chunk pushed through Redis (without --run-dir); 1024 to 268435456.
+    #[arg(long, default_value_t = DEFAULT_CHUNK_MAX)]
+    pub chunk_size: usize,
     /// Seconds between claims when the queue is empty.
     #[arg(long, default_value_t = 1.0)]
     pub poll: f64,
@@ -80,6 +83,7 @@ pub fn work(args: WorkArgs) -> Result<ExitCode> {
         max_attempts: args.max_attempts,
         backoff: secs("backoff", args.backoff)?,
         timeout: secs("timeout", args.timeout)?,
+        chunk_max: args.chunk_size,
         ..QueueConfig::default()
     };
     let heartbeat = config.heartbeat_interval();
