@@ -152,6 +152,9 @@ pub struct ModelTimes {
     pub ast_features_clips_per_s: Option<f64>,
     /// One AST fine-tune step (forward with dropout, linear head, cross-entropy, backward, AdamW).
     pub ast_step_clips_per_s: Option<f64>,
+    /// The same AST step under bf16 autocast (weights and optimiser state stay fp32).
+    #[serde(default)]
+    pub ast_step_bf16_clips_per_s: Option<f64>,
     /// wav2vec2 pooled features (normalise, encode, masked mean): audio seconds per second.
     pub w2v_features_audio_s_per_s: Option<f64>,
     /// One wav2vec2 fine-tune step: audio seconds per second.
@@ -214,8 +217,8 @@ fn step(pooled: &Tensor, head: &tch::nn::Linear, y: &Tensor, opts: &mut [&mut tc
     Ok(())
 }
 
-/// Measures the AST front end, AST features and step, wav2vec2 features and step on `device`,
-/// fp32 (bf16 autocast is not available through tch 0.24).
+/// Measures the AST front end, AST features and step (fp32 and bf16 autocast), wav2vec2 features
+/// and step on `device`.
 pub fn models(size: ModelBenchSize, device: Device) -> Result<ModelTimes> {
     use crate::models::ast::{Ast, AstConfig};
     use crate::models::fbank::{AstFrontEnd, AstFrontEndConfig};
@@ -234,6 +237,7 @@ pub fn models(size: ModelBenchSize, device: Device) -> Result<ModelTimes> {
             fbank_hours_per_s,
             ast_features_clips_per_s: None,
             ast_step_clips_per_s: None,
+            ast_step_bf16_clips_per_s: None,
             w2v_features_audio_s_per_s: None,
             w2v_step_audio_s_per_s: None,
         });
@@ -253,6 +257,12 @@ pub fn models(size: ModelBenchSize, device: Device) -> Result<ModelTimes> {
     let step_s = per_call(device, 1, size.ast_iters, &mut || {
         let pooled = ast.model.forward_t(&spec, true)?.pooled;
         step(&pooled, &head, &y, &mut [&mut opt_model, &mut opt_head])
+    })?;
+    let step_bf16_s = per_call(device, 1, size.ast_iters, &mut || {
+        crate::precision::bf16_autocast(device, || {
+            let pooled = ast.model.forward_t(&spec, true)?.pooled.f_to_kind(Kind::Float)?;
+            step(&pooled, &head, &y, &mut [&mut opt_model, &mut opt_head])
+        })
     })?;
     drop((opt_model, opt_head, ast));
 
@@ -281,6 +291,7 @@ pub fn models(size: ModelBenchSize, device: Device) -> Result<ModelTimes> {
         fbank_hours_per_s,
         ast_features_clips_per_s: Some(size.ast_batch as f64 / feats_s),
         ast_step_clips_per_s: Some(size.ast_batch as f64 / step_s),
+        ast_step_bf16_clips_per_s: Some(size.ast_batch as f64 / step_bf16_s),
         w2v_features_audio_s_per_s: Some(audio_s / w2v_feats_s),
         w2v_step_audio_s_per_s: Some(audio_s / w2v_step_s),
     })

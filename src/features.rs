@@ -16,9 +16,9 @@
 //! Everything runs without gradients in evaluation mode (no dropout); tch 0.24 has no
 //! `inference_mode` guard, so `no_grad` is the closest.
 //!
-//! Precision: fp32 only. tch 0.24 has no bf16 autocast, and casting the weights to bf16 would give
-//! features that differ from the checkpoint's fp32 ones by far more than the parity tolerance, so
-//! `bf16` is refused rather than silently changed (as in stage 1).
+//! Precision: fp32 only. bf16 autocast exists for training (`crate::precision`, stage 1), but
+//! extracted features are a cache that later runs and Python users take for the checkpoint's own
+//! fp32 outputs, so `bf16` is refused here rather than silently changed.
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -209,8 +209,8 @@ pub fn check_precision(precision: Precision) -> Result<()> {
     if precision == Precision::Bf16 {
         return Err(Error::config(
             "--precision",
-            "bf16 is not available: tch 0.24 has no bf16 autocast, and bf16 weights would not give the \
-             checkpoint's features; use --precision fp32",
+            "bf16 features are not offered: the cache stands for the checkpoint's fp32 outputs \
+             (bf16 autocast is for training, stage1.precision); use --precision fp32",
         ));
     }
     Ok(())

@@ -13,6 +13,7 @@ pub mod features;
 pub mod fsutil;
 pub mod metrics;
 pub mod models;
+pub mod precision;
 pub mod queue;
 pub mod report;
 pub mod runner;

@@ -286,5 +286,5 @@ fn features_cli_writes_then_reuses() {
         .output()
         .expect("run sera");
     assert!(!bf16.status.success());
-    assert!(String::from_utf8_lossy(&bf16.stderr).contains("bf16 is not available"));
+    assert!(String::from_utf8_lossy(&bf16.stderr).contains("bf16 features are not offered"));
 }

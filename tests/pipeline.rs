@@ -202,3 +202,18 @@ fn stage_one_resumes_after_its_last_finished_epoch() {
     assert_eq!(out.curve.iter().map(|e| e.epoch).collect::<Vec<_>>(), [1, 2, 3]);
     assert_eq!(out.features.size(), [fin.y.size()[0], 64]);
 }
+
+#[test]
+fn stage_one_trains_under_bf16_autocast() {
+    let _rng = torch_rng();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let body = AUDIO_ONLY
+        .replace("[stage1]\n", "[stage1]\nepochs = 2\nprecision = \"bf16\"\n")
+        .replace("[stage2]\n", "[stage2]\nepochs = 2\n");
+    let job = &jobs(dir.path(), &body)[0];
+    assert_eq!(job.spec.stages.stage1.precision, sera::spec::stages::Precision::Bf16);
+    let r = run(job, dir.path());
+    assert!(r.stage1.curve.iter().all(|e| e.loss.is_finite()));
+    assert!(r.stage1.curve[1].l_ser < r.stage1.curve[0].l_ser, "bf16 training still learns: {:?}", r.stage1.curve);
+    assert_eq!(r.before.audio.n, 40);
+}

@@ -171,3 +171,20 @@ fn class_balanced_generation_fills_minority_classes_up_to_the_majority() {
     assert_eq!(t_gen.size(), [120, 8]);
     assert!(out.after.fusion.is_some() && out.after.text.is_some());
 }
+
+#[test]
+fn bf16_autocast_runs_matmuls_in_bf16_and_stays_close_to_fp32() {
+    let _rng = torch_rng();
+    tch::manual_seed(3);
+    let a = Tensor::randn([32, 64], (Kind::Float, Device::Cpu));
+    let b = Tensor::randn([64, 16], (Kind::Float, Device::Cpu));
+    let full = a.matmul(&b);
+    let (kind, half) = sera::precision::bf16_autocast(Device::Cpu, || {
+        let m = a.matmul(&b);
+        (m.kind(), m.to_kind(Kind::Float))
+    });
+    assert_eq!(kind, Kind::BFloat16, "autocast is on inside the closure");
+    assert_eq!(a.matmul(&b).kind(), Kind::Float, "and off after it");
+    let rel = ((&full - &half).abs().max().double_value(&[])) / full.abs().max().double_value(&[]);
+    assert!(rel < 2e-2, "bf16 rounding only: {rel}");
+}

@@ -111,6 +111,14 @@ def main():
     ast.train()
     s = per_call(dev, a.ast_iters, lambda: step(ast(spec).pooler_output, head, y, opt))
     out["ast_step_clips_per_s"] = a.ast_batch / s
+
+    def step_bf16():
+        with torch.autocast(device_type=dev.type, dtype=torch.bfloat16):
+            pooled = ast(spec).pooler_output.float()
+        return step(pooled, head, y, opt)
+
+    s = per_call(dev, a.ast_iters, step_bf16)
+    out["ast_step_bf16_clips_per_s"] = a.ast_batch / s
     del ast, opt, head
 
     cfg = Wav2Vec2Config(hidden_size=1024, num_hidden_layers=12, num_attention_heads=16, intermediate_size=4096,

@@ -28,7 +28,7 @@ pub fn features(args: FeaturesArgs) -> Result<ExitCode> {
     let precision = match args.precision.as_str() {
         "fp32" => Precision::Fp32,
         "bf16" => Precision::Bf16,
-        other => bail!("--precision {other}: use fp32 (bf16 is not available through tch 0.24)"),
+        other => bail!("--precision {other}: expected fp32"),
     };
     sera::features::check_precision(precision)?;
     let (spec_path, modality) = match (&args.backbone, &args.text_encoder) {
@@ -107,7 +107,7 @@ pub fn bench_models(
     let device = sera::device::parse(device_spec)?;
     let size = sera::bench::ModelBenchSize { fbank_only, ..sera::bench::ModelBenchSize::for_device(device) };
     eprintln!(
-        "sera bench models on {device:?} ({} threads), fp32 (bf16 autocast is not available through tch 0.24): \
+        "sera bench models on {device:?} ({} threads): \
          fbank {} × 10 s, AST batch {}, wav2vec2-large-robust-12 batch {} × {} s",
         tch::get_num_threads(),
         size.fbank_batch,
@@ -120,6 +120,7 @@ pub fn bench_models(
         "AST front end (fbank), hours of audio/s",
         "AST features, clips/s",
         "AST fine-tune step, clips/s",
+        "AST fine-tune step, bf16 autocast, clips/s",
         "wav2vec2 features, audio s/s",
         "wav2vec2 fine-tune step, audio s/s",
     ];
@@ -128,6 +129,7 @@ pub fn bench_models(
             Some(t.fbank_hours_per_s),
             t.ast_features_clips_per_s,
             t.ast_step_clips_per_s,
+            t.ast_step_bf16_clips_per_s,
             t.w2v_features_audio_s_per_s,
             t.w2v_step_audio_s_per_s,
         ]
@@ -154,7 +156,7 @@ pub fn bench_models(
         }
     };
     println!("{:<42} {:>10} {:>10} {:>8}", "fp32 (best of the timed calls)", "sera", "PyTorch", "ratio");
-    let theirs = reference.as_ref().map_or([None; 5], |(_, r)| values(&r.times));
+    let theirs = reference.as_ref().map_or([None; 6], |(_, r)| values(&r.times));
     for ((name, v), t) in names.iter().zip(values(&ours)).zip(theirs) {
         let ratio = match (v, t) {
             (Some(v), Some(t)) => format!("{:.2}×", v / t),

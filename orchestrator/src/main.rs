@@ -92,7 +92,7 @@ enum Command {
         /// cpu, cuda or cuda:N.
         #[arg(long, default_value = "cpu")]
         device: String,
-        /// fp32 (bf16 is refused: tch 0.24 has no bf16 autocast).
+        /// fp32 (features are a cache of the checkpoint's fp32 outputs; bf16 is refused).
         #[arg(long, default_value = "fp32")]
         precision: String,
         /// Clips or texts per batch (default: by model and device).

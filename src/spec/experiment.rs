@@ -274,9 +274,6 @@ fn check_text_needs(s: &StageSettings, text: Option<&ModelSpec>) -> std::result:
         || s.stage2.text_condition
         || s.stage2.lambda_it > 0.0
         || matches!(s.stage3.augment, Augment::Multimodal | Augment::ClassBalanced);
-    if s.stage1.precision == super::stages::Precision::Bf16 {
-        return Err("stage1.precision = \"bf16\" is not available (tch 0.24 has no bf16 autocast); use \"fp32\"".into());
-    }
     match text {
         None if uses_text => Err("uses text features (stage1.lambda_cl/lambda_mi > 0, stage2.text_condition, \
              stage2.lambda_it > 0 or a multimodal stage3.augment) but the experiment names no `text_encoder`"

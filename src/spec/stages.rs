@@ -5,8 +5,8 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Numeric precision of training. Only fp32 runs today: tch 0.24 exposes CUDA autocast only in
-/// fp16, so `bf16` is refused with a clear error rather than silently changed.
+/// Numeric precision of training: fp32, or bf16 autocast on the CPU or CUDA (see
+/// [`crate::precision`]; weights, optimiser state and reductions stay fp32).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {

@@ -87,14 +87,6 @@ pub fn train(
     dir: &Path,
     on_epoch: super::EpochHook,
 ) -> Result<Stage1Output> {
-    if s.precision == Precision::Bf16 {
-        // tch 0.24's autocast only offers fp16 on CUDA (no bf16 dtype switch) and nothing on CPU;
-        // training in fp16 without loss scaling would be silently worse, so refuse instead.
-        return Err(Error::config(
-            "stage1.precision",
-            "bf16 autocast is not available through tch 0.24; set stage1.precision = \"fp32\"",
-        ));
-    }
     tch::manual_seed(seed as i64);
     let device = enc.var_store().device();
     let text_dim = data.t.map(|t| t.size()[1]);
@@ -136,7 +128,7 @@ pub fn train(
             opt_align.set_lr(s.lr_head * scale);
             let idx = Tensor::from_slice(rows).to_device(device);
             let y = data.y.index_select(0, &idx);
-            let (loss, parts) = (|| -> Result<_> {
+            let step = || -> Result<_> {
                 let h = enc.encode(rows, true)?.to_kind(Kind::Float);
                 let l_ser = cross_entropy(&heads.logits(&h), &y);
                 let mut loss = l_ser.shallow_clone();
@@ -156,7 +148,12 @@ pub fn train(
                     }
                 }
                 Ok((loss, [l_ser.double_value(&[]), l_cl.unwrap_or(f64::NAN), l_mi.unwrap_or(f64::NAN)]))
-            })()?;
+            };
+            // bf16 autocast covers the forward pass; backward follows the recorded dtypes.
+            let (loss, parts) = match s.precision {
+                Precision::Bf16 => crate::precision::bf16_autocast(device, step)?,
+                Precision::Fp32 => step()?,
+            };
             let value = loss.double_value(&[]);
             if !value.is_finite() {
                 return Err(Error::Train {
