@@ -123,7 +123,7 @@ pub fn tables(results: &[JobResult], published: &Path) -> Result<Vec<Table>> {
             let cells = (0..columns.len())
                 .map(|c| {
                     let xs: Vec<f64> = rs.iter().filter_map(|r| cells_of(&table, r)[c]).map(|v| 100.0 * v).collect();
-                    cell(&xs, n < expected)
+                    cell(&xs, expected)
                 })
                 .collect();
             rows.push((format!("sera: {label}"), cells, format!("{n}/{expected}")));
@@ -137,16 +137,17 @@ pub fn tables(results: &[JobResult], published: &Path) -> Result<Vec<Table>> {
     Ok(out)
 }
 
-fn cell(xs: &[f64], incomplete: bool) -> String {
+/// `mean ± std (n/N)`, marked when folds are missing: every cell says how many folds it averages.
+fn cell(xs: &[f64], expected: usize) -> String {
     if xs.is_empty() {
-        return "-".into();
+        return format!("- (0/{expected})");
     }
     let (mean, std) = mean_std(xs);
     let base = match std {
-        Some(s) => format!("{mean:.2} ± {s:.2}"),
-        None => format!("{mean:.2}"),
+        Some(s) => format!("{mean:.2} ± {s:.2} ({}/{expected})", xs.len()),
+        None => format!("{mean:.2} ({}/{expected})", xs.len()),
     };
-    if incomplete { format!("{base} (incomplete)") } else { base }
+    if xs.len() < expected { format!("{base} (incomplete)") } else { base }
 }
 
 /// Renders tables in `format`.
