@@ -95,20 +95,13 @@ pub struct StatusArgs {
     pub json: bool,
 }
 
-fn secs(name: &str, v: f64) -> Result<Duration> {
-    if !(v.is_finite() && v > 0.0) {
-        bail!("--{name} must be a positive number of seconds, got {v}");
-    }
-    Ok(Duration::from_secs_f64(v))
-}
-
 /// `sera status`.
 pub fn status(a: StatusArgs) -> Result<ExitCode> {
     let view = match &a.redis {
         Some(url) => {
             let config = QueueConfig {
                 namespace: a.namespace.clone(),
-                timeout: secs("timeout", a.timeout)?,
+                timeout: sera::runner::seconds("timeout", a.timeout)?,
                 ..QueueConfig::default()
             };
             let queue = RedisQueue::connect(url, config)?;
@@ -155,13 +148,13 @@ pub fn run(a: RunArgs) -> Result<ExitCode> {
     run.repair(&plan.jobs.iter().map(|j| j.id.as_str()).collect::<Vec<_>>())?;
     let pending: Vec<&Job> = plan.jobs.iter().filter(|j| !run.has_result(&j.id)).collect();
 
-    let lease = secs("lease", a.lease)?;
+    let lease = sera::runner::seconds("lease", a.lease)?;
     let config = QueueConfig {
         namespace: a.namespace.clone(),
         lease,
         max_attempts: a.max_attempts,
-        backoff: secs("backoff", a.backoff)?,
-        timeout: secs("timeout", a.timeout)?,
+        backoff: sera::runner::seconds("backoff", a.backoff)?,
+        timeout: sera::runner::seconds("timeout", a.timeout)?,
         ..QueueConfig::default()
     };
     let queue = queue::open(a.redis.as_deref(), config.clone())?;
@@ -188,7 +181,7 @@ pub fn run(a: RunArgs) -> Result<ExitCode> {
                 cache: run_path.join("cache"),
                 store: ArtifactStore { shared_run_dir: Some(run_path.clone()), inline_max: DEFAULT_INLINE_MAX },
                 heartbeat: config.heartbeat_interval().min(Duration::from_secs(1)),
-                stall_timeout: secs("stall-timeout", a.stall_timeout)?,
+                stall_timeout: sera::runner::seconds("stall-timeout", a.stall_timeout)?,
                 poll: Duration::from_millis(200),
                 report_patience: Duration::from_secs(5),
             };
@@ -218,7 +211,8 @@ pub fn run(a: RunArgs) -> Result<ExitCode> {
         added
     );
 
-    let outcome = follow(queue.as_ref(), &run, &plan.jobs, &pending, &envelopes, secs("poll", a.poll)?);
+    let outcome =
+        follow(queue.as_ref(), &run, &plan.jobs, &pending, &envelopes, sera::runner::seconds("poll", a.poll)?);
     stop.store(true, Ordering::SeqCst);
     for t in threads {
         let _ = t.join();

@@ -18,3 +18,14 @@ pub mod run_dir;
 pub mod signals;
 pub mod status;
 pub mod worker;
+
+/// A command-line duration in seconds: positive and finite, or an error naming the flag.
+pub fn seconds(flag: &str, value: f64) -> crate::Result<std::time::Duration> {
+    if !(value.is_finite() && value > 0.0) {
+        return Err(crate::Error::config(
+            format!("--{flag}"),
+            format!("must be a positive number of seconds, got {value}"),
+        ));
+    }
+    Ok(std::time::Duration::from_secs_f64(value))
+}

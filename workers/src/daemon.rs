@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::Args;
 use sera::queue::{DEFAULT_CHUNK_MAX, JobQueue, QueueConfig, RedisQueue};
 use sera::runner::payload::{ArtifactStore, DEFAULT_INLINE_MAX};
@@ -66,23 +66,16 @@ pub struct WorkArgs {
     pub timeout: f64,
 }
 
-fn secs(name: &str, v: f64) -> Result<Duration> {
-    if !(v.is_finite() && v > 0.0) {
-        bail!("--{name} must be a positive number of seconds, got {v}");
-    }
-    Ok(Duration::from_secs_f64(v))
-}
-
 /// Runs the daemon until SIGTERM/SIGINT.
 pub fn work(args: WorkArgs) -> Result<ExitCode> {
     signals::install();
-    let lease = secs("lease", args.lease)?;
+    let lease = sera::runner::seconds("lease", args.lease)?;
     let config = QueueConfig {
         namespace: args.namespace.clone(),
         lease,
         max_attempts: args.max_attempts,
-        backoff: secs("backoff", args.backoff)?,
-        timeout: secs("timeout", args.timeout)?,
+        backoff: sera::runner::seconds("backoff", args.backoff)?,
+        timeout: sera::runner::seconds("timeout", args.timeout)?,
         chunk_max: args.chunk_size,
         ..QueueConfig::default()
     };
@@ -102,8 +95,8 @@ pub fn work(args: WorkArgs) -> Result<ExitCode> {
     std::fs::create_dir_all(&scratch).with_context(|| format!("creating {}", scratch.display()))?;
     let host = hostname();
     let pid = std::process::id();
-    let stall = secs("stall-timeout", args.stall_timeout)?;
-    let poll = secs("poll", args.poll)?;
+    let stall = sera::runner::seconds("stall-timeout", args.stall_timeout)?;
+    let poll = sera::runner::seconds("poll", args.poll)?;
     tracing::info!(
         queue = %queue.location(), namespace = %args.namespace, devices = ?devices,
         "worker started (lease {:.1} s, stall timeout {:.0} s)", lease.as_secs_f64(), stall.as_secs_f64()
