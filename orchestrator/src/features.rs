@@ -155,7 +155,7 @@ pub fn bench_models(
             }
         }
     };
-    println!("{:<42} {:>10} {:>10} {:>8}", "fp32 (best of the timed calls)", "sera", "PyTorch", "ratio");
+    println!("{:<42} {:>10} {:>10} {:>8}", "best of the timed calls (fp32 unless noted)", "sera", "PyTorch", "ratio");
     let theirs = reference.as_ref().map_or([None; 6], |(_, r)| values(&r.times));
     for ((name, v), t) in names.iter().zip(values(&ours)).zip(theirs) {
         let ratio = match (v, t) {
