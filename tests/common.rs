@@ -34,3 +34,24 @@ pub fn torch_rng() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
+
+/// The 4-class dataset spec of a demo corpus at `root` (the IEMOCAP adapter, transcripts
+/// required), written as `dir/name`.
+pub fn demo_spec(dir: &Path, name: &str, root: &Path) -> PathBuf {
+    write(
+        dir,
+        name,
+        &format!(
+            r#"kind = "iemocap"
+root = "{}"
+protocol = "leave-one-speaker-out"
+require_text = true
+
+[labels]
+map = {{ neu = "neutral", hap = "happy", exc = "happy", ang = "angry", sad = "sad" }}
+classes = ["neutral", "happy", "angry", "sad"]
+"#,
+            root.display()
+        ),
+    )
+}

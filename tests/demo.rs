@@ -22,19 +22,7 @@ fn corpus() -> &'static (tempfile::TempDir, demo::DemoSummary) {
 }
 
 fn spec_for(root: &Path, spec_dir: &Path) -> DatasetSpec {
-    let toml = format!(
-        r#"kind = "iemocap"
-root = "{}"
-protocol = "leave-one-speaker-out"
-require_text = true
-
-[labels]
-map = {{ neu = "neutral", hap = "happy", exc = "happy", ang = "angry", sad = "sad" }}
-classes = ["neutral", "happy", "angry", "sad"]
-"#,
-        root.display()
-    );
-    let path = crate::common::write(spec_dir, "demo_iemocap.toml", &toml);
+    let path = crate::common::demo_spec(spec_dir, "demo_iemocap.toml", root);
     DatasetSpec::load(&path, None).expect("load spec")
 }
 

@@ -18,7 +18,7 @@ use sera::spec::model::{ModelSpec, Pooling};
 use sera::spec::stages::Precision;
 use tch::{Device, Tensor};
 
-use crate::common::write;
+use crate::common::{demo_spec, write};
 use crate::models_util::{fixture, max_abs_diff};
 
 const TOL: f64 = 1e-5;
@@ -30,22 +30,7 @@ fn demo() -> &'static (tempfile::TempDir, PathBuf) {
         let dir = tempfile::tempdir().expect("tempdir");
         let root = dir.path().join("corpus");
         write_demo_corpus(&root, &DemoOptions { sessions: 2, sentences: 2 }).expect("demo corpus");
-        let spec = write(
-            dir.path(),
-            "demo.toml",
-            &format!(
-                r#"kind = "iemocap"
-root = "{}"
-protocol = "leave-one-speaker-out"
-require_text = true
-
-[labels]
-map = {{ neu = "neutral", hap = "happy", exc = "happy", ang = "angry", sad = "sad" }}
-classes = ["neutral", "happy", "angry", "sad"]
-"#,
-                root.display()
-            ),
-        );
+        let spec = demo_spec(dir.path(), "demo.toml", &root);
         (dir, spec)
     })
 }

@@ -15,11 +15,12 @@ use crate::audio;
 use crate::data::folds::{Fold, canonical_json, sha256_hex};
 use crate::data::{Corpus, Utterance};
 use crate::error::{Error, Result};
+use crate::features::{self, Extractor, Modality};
 use crate::models::ast::Ast;
-use crate::models::bert::TextEncoder;
 use crate::models::wav2vec2::{self, Wav2Vec2};
 use crate::spec::JobSpec;
 use crate::spec::model::{ModelKind, ModelSpec};
+use crate::spec::stages::Precision;
 
 /// Row indices of the fold's splits.
 #[derive(Debug, Clone, Default)]
@@ -138,19 +139,12 @@ pub fn text_features(model: &ModelSpec, utts: &[&Utterance], cache: &Path, devic
     if model.kind == ModelKind::Precomputed {
         return precomputed(model, utts, device);
     }
-    let texts: Vec<&str> = utts
-        .iter()
-        .map(|u| {
-            u.text.as_deref().filter(|t| !t.trim().is_empty()).ok_or_else(|| {
-                Error::config(&u.audio, format!("utterance '{}' has no transcript, which the text encoder needs; set require_text = true in the dataset spec to catch this at planning", u.id))
-            })
-        })
-        .collect::<Result<_>>()?;
-    let mut identity = serde_json::to_value(model).unwrap_or_default();
-    if let Some(o) = identity.as_object_mut() {
-        o.remove("path");
-    }
-    let key = sha256_hex(&format!("{}\n{}", canonical_json(&identity), texts.join("\n")))[..16].to_string();
+    let texts = features::transcripts(utts)?;
+    let ids: Vec<&str> = utts.iter().map(|u| u.id.as_str()).collect();
+    // The same key as `sera features` uses: it hashes the checkpoint files, so replacing the
+    // weights at the same path never serves stale features.
+    let key = features::cache_key(model, Modality::Text, &ids, Some(&texts), Precision::Fp32)?;
+    let key = sha256_hex(&canonical_json(&key))[..16].to_string();
     let path = cache.join("text").join(format!("{}-{key}.safetensors", model.name));
     if path.is_file() {
         let named = Tensor::read_safetensors(&path)?;
@@ -158,12 +152,14 @@ pub fn text_features(model: &ModelSpec, utts: &[&Utterance], cache: &Path, devic
             return Ok(t.to_device(device));
         }
     }
-    let features = encode_texts(model, &texts, device)?;
+    let encoder = Extractor::from_spec(model, Modality::Text, device)?;
+    let parts: Vec<Tensor> = texts.chunks(64).map(|chunk| encoder.embed_texts(chunk)).collect::<Result<_>>()?;
+    let features = Tensor::cat(&parts, 0);
     std::fs::create_dir_all(path.parent().unwrap_or(Path::new("."))).map_err(|e| Error::io(&path, e))?;
     let tmp = path.with_extension("partial");
-    Tensor::write_safetensors(&[("features", features.to_device(Device::Cpu))], &tmp)?;
+    Tensor::write_safetensors(&[("features", &features)], &tmp)?;
     std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
-    Ok(features)
+    Ok(features.to_device(device))
 }
 
 /// Stage 0: text features from the encoder fine-tuned on this fold's training transcripts, cached
@@ -199,14 +195,7 @@ fn fine_tuned_text_features(
             return Ok((t.to_device(device), summary));
         }
     }
-    let texts: Vec<&str> = utts
-        .iter()
-        .map(|u| {
-            u.text.as_deref().filter(|t| !t.trim().is_empty()).ok_or_else(|| {
-                Error::config(&u.audio, format!("utterance '{}' has no transcript, which stage 0 needs", u.id))
-            })
-        })
-        .collect::<Result<_>>()?;
+    let texts = features::transcripts(utts)?;
     let data =
         TextData { texts: &texts, y, train: &rows.train, validation: &rows.validation, test: &rows.test, classes };
     let tmp = cache.join("stage0").join(format!(".{key}.partial-{}", std::process::id()));
@@ -225,25 +214,14 @@ fn fine_tuned_text_features(
 /// Rows of a precomputed feature file (`features.safetensors` `[N, D]` + `ids.json`) by utterance id.
 fn precomputed(model: &ModelSpec, utts: &[&Utterance], device: Device) -> Result<Tensor> {
     let dir = model.features.clone().unwrap_or_else(|| PathBuf::from("."));
-    let ids_path = dir.join("ids.json");
-    let text = std::fs::read_to_string(&ids_path).map_err(|e| Error::io(&ids_path, e))?;
-    let ids: Vec<String> = serde_json::from_str(&text).map_err(|e| Error::config(&ids_path, e.to_string()))?;
-    let feats_path = dir.join("features.safetensors");
-    let all = Tensor::read_safetensors(&feats_path)?
-        .into_iter()
-        .find(|(n, _)| n == "features")
-        .map(|(_, t)| t)
-        .ok_or_else(|| Error::config(&feats_path, "no tensor named 'features'"))?;
-    if all.size()[0] != ids.len() as i64 {
-        return Err(Error::config(&feats_path, format!("{} rows but ids.json lists {} ids", all.size()[0], ids.len())));
-    }
+    let (all, ids) = features::read(&dir)?;
     let pos: HashMap<&str, i64> = ids.iter().enumerate().map(|(i, id)| (id.as_str(), i as i64)).collect();
     let rows: Vec<i64> = utts
         .iter()
         .map(|u| {
             pos.get(u.id.as_str())
                 .copied()
-                .ok_or_else(|| Error::config(&ids_path, format!("no features for utterance '{}'", u.id)))
+                .ok_or_else(|| Error::config(dir.join("ids.json"), format!("no features for utterance '{}'", u.id)))
         })
         .collect::<Result<_>>()?;
     Ok(all.index_select(0, &Tensor::from_slice(&rows)).to_kind(Kind::Float).to_device(device))
@@ -296,12 +274,4 @@ impl AudioEncoder for AstEncoder {
     fn var_store_mut(&mut self) -> &mut VarStore {
         &mut self.model.vs
     }
-}
-
-/// Pooled features of `texts` from a frozen BERT/RoBERTa, in inference mode: `[n, hidden]`.
-fn encode_texts(model: &ModelSpec, texts: &[&str], device: Device) -> Result<Tensor> {
-    let encoder = TextEncoder::from_spec(model, device)?;
-    let parts: Vec<Tensor> =
-        tch::no_grad(|| texts.chunks(64).map(|chunk| encoder.embed_texts_t(chunk, false)).collect::<Result<_>>())?;
-    Ok(Tensor::cat(&parts, 0).to_kind(Kind::Float))
 }

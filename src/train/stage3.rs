@@ -100,6 +100,7 @@ pub fn run(f: &FoldFeatures, heads: &Heads, generator: &Generator, s: &Stage3, s
     let classes = f.classes;
     let n = classes as usize;
     let val = |x: Tensor| f.validation.as_ref().map(|v| (x, v.y.shallow_clone()));
+    let val_audio = || f.validation.as_ref().map(|v| (v.h.shallow_clone(), v.y.shallow_clone()));
     let mut selection = Vec::new();
     let mut train_one = |name: &str,
                          x: Tensor,
@@ -132,7 +133,7 @@ pub fn run(f: &FoldFeatures, heads: &Heads, generator: &Generator, s: &Stage3, s
         "audio",
         Tensor::cat(&[&f.train.h, &gen_h], 0),
         Tensor::cat(&[&f.train.y, &gen_y], 0),
-        val(f.validation.as_ref().map(|v| v.h.shallow_clone()).unwrap_or_else(|| f.train.h.shallow_clone())),
+        val_audio(),
         Some((&w, &b)),
     )?;
     let audio_after = audio.evaluate(&Labelled { x: &f.test.h, y: &f.test.y }, n);
@@ -204,7 +205,7 @@ pub fn run(f: &FoldFeatures, heads: &Heads, generator: &Generator, s: &Stage3, s
         "audio-real-only",
         f.train.h.shallow_clone(),
         f.train.y.shallow_clone(),
-        val(f.validation.as_ref().map(|v| v.h.shallow_clone()).unwrap_or_else(|| f.train.h.shallow_clone())),
+        val_audio(),
         Some((&w, &b)),
     )?;
     let t0 = train_one(
