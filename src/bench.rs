@@ -39,7 +39,8 @@ pub struct EpochTimes {
     pub stage3_epoch_s: f64,
 }
 
-/// Times sera's stage-2 and stage-3 epochs on `device` (one warm-up epoch excluded).
+/// Times sera's stage-2 and stage-3 epochs on `device`: the median over `size.epochs` epochs
+/// after a warm-up epoch, robust to a busy neighbour slowing one of them.
 pub fn stages(size: BenchSize, device: Device) -> Result<EpochTimes> {
     tch::manual_seed(0);
     let h = Tensor::randn([size.n, size.dim], (Kind::Float, device));
@@ -47,33 +48,52 @@ pub fn stages(size: BenchSize, device: Device) -> Result<EpochTimes> {
     let y = Tensor::randint(size.classes, [size.n], (Kind::Int64, device));
     let heads = Heads::new(size.dim, size.classes, Some(size.text_dim), device);
     let data = GanData { h: &h, y: &y, t: Some(&t), classes: size.classes, temperature: 0.07 };
-    let s2 = |epochs| Stage2 { epochs, batch_size: size.batch, z_dim: 128, ..Stage2::default() };
-    let time = |f: &mut dyn FnMut() -> Result<()>| -> Result<f64> {
-        let t0 = Instant::now();
-        f()?;
-        if device.is_cuda() {
-            tch::Cuda::synchronize(0);
+    let sync = || {
+        if let Device::Cuda(i) = device {
+            tch::Cuda::synchronize(i as i64);
         }
-        Ok(t0.elapsed().as_secs_f64())
     };
-    // Warm-up, then the difference between 1 + E epochs and 1 epoch is E epochs of steady state.
-    let one = time(&mut || train(&data, &heads, &s2(1), 0, &mut |_| true).map(|_| ()))?;
-    let many = time(&mut || train(&data, &heads, &s2(1 + size.epochs), 0, &mut |_| true).map(|_| ()))?;
-    let stage2_epoch_s = (many - one).max(0.0) / size.epochs as f64;
+    // Stage 2: one run of 1 + E epochs, each epoch timed at its end (the hook).
+    let s2 = Stage2 { epochs: 1 + size.epochs, batch_size: size.batch, z_dim: 128, ..Stage2::default() };
+    let mut ends = vec![Instant::now()];
+    train(&data, &heads, &s2, 0, &mut |_| {
+        sync();
+        ends.push(Instant::now());
+        true
+    })?;
+    let stage2: Vec<f64> = ends.windows(2).skip(1).map(|w| (w[1] - w[0]).as_secs_f64()).collect();
 
+    // Stage 3: 1 + E one-epoch fits (each includes the classifier's tiny set-up).
     let x3 = Tensor::cat(&[&h, &h], 0);
     let y3 = Tensor::cat(&[&y, &y], 0);
-    let fs = |epochs| FitSettings { epochs, batch_size: size.batch, lr: 1e-3, seed: 0 };
-    let one = time(&mut || fit(&Labelled { x: &x3, y: &y3 }, None, size.classes, None, fs(1)).map(|_| ()))?;
-    let many =
-        time(&mut || fit(&Labelled { x: &x3, y: &y3 }, None, size.classes, None, fs(1 + size.epochs)).map(|_| ()))?;
-    Ok(EpochTimes { stage2_epoch_s, stage3_epoch_s: (many - one).max(0.0) / size.epochs as f64 })
+    let fs = FitSettings { epochs: 1, batch_size: size.batch, lr: 1e-3, seed: 0 };
+    let mut stage3 = Vec::with_capacity(size.epochs);
+    for i in 0..=size.epochs {
+        let t0 = Instant::now();
+        fit(&Labelled { x: &x3, y: &y3 }, None, size.classes, None, fs)?;
+        sync();
+        if i > 0 {
+            stage3.push(t0.elapsed().as_secs_f64());
+        }
+    }
+    Ok(EpochTimes { stage2_epoch_s: median(stage2), stage3_epoch_s: median(stage3) })
 }
 
-/// Runs `tools/bench_reference.py` with `python` and parses its JSON line.
-pub fn reference(python: &Path, script: &Path, size: BenchSize) -> Result<EpochTimes> {
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    match xs.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => xs[n / 2],
+        n => 0.5 * (xs[n / 2 - 1] + xs[n / 2]),
+    }
+}
+
+/// Runs `tools/bench_reference.py` with `python` on `device` ("cpu", "cuda:0") and parses its
+/// JSON line.
+pub fn reference(python: &Path, script: &Path, size: BenchSize, device: &str) -> Result<EpochTimes> {
     let out = Command::new(python)
         .arg(script)
+        .args(["--device", device])
         .args(["--n", &size.n.to_string(), "--dim", &size.dim.to_string(), "--text-dim", &size.text_dim.to_string()])
         .args([
             "--classes",

@@ -143,6 +143,123 @@ fn divergence_stops_with_the_stage_and_epoch() {
 }
 
 #[test]
+fn infogan_with_fine_tuned_heads_trains_them_and_tracks_their_real_losses() {
+    let _rng = torch_rng();
+    let (h, y, t) = synthetic(32, 6);
+    let heads = trained_heads(&h, &y, &t);
+    let s = Stage2 { finetune_mi_heads: true, epochs: 3, ..gan_settings() };
+    let out = train(&GanData { h: &h, y: &y, t: Some(&t), classes: 4, temperature: 0.1 }, &heads, &s, 1, &mut |_| true)
+        .expect("stage 2");
+    let moved = |name: &str| !out.heads.vs.variables()[name].equal(&heads.vs.variables()[name]);
+    assert!(moved("classifier.weight") && moved("text_proj.weight"), "fine-tuned heads are trained");
+    // Their losses on real features are measured again every epoch, so they change.
+    assert_ne!(out.curve[0].l_it_real, out.curve[2].l_it_real);
+    assert!(out.curve.iter().all(|e| e.l_iy_generated.is_finite() && e.l_it_generated.is_some()));
+}
+
+/// Autograd's value and gradient of `loss` at `x`.
+fn autograd(x: &Tensor, loss: impl Fn(&Tensor) -> Tensor) -> (f64, Tensor) {
+    let x = x.detach().set_requires_grad(true);
+    let l = loss(&x);
+    let g = Tensor::run_backward(&[&l], &[&x], false, false);
+    (l.double_value(&[]), g[0].shallow_clone())
+}
+
+/// Largest absolute difference over the largest magnitude of `want`.
+fn rel_err(got: &Tensor, want: &Tensor) -> f64 {
+    (got - want).abs().max().double_value(&[]) / want.abs().max().double_value(&[]).max(1e-30)
+}
+
+#[test]
+fn closed_form_stage2_gradients_match_autograd() {
+    use sera::train::gan_grads::{Discriminator, TextCritic, cross_entropy_with_grad};
+    use sera::train::losses::{discriminator_loss, generator_loss};
+    use tch::nn::Module;
+    let _rng = torch_rng();
+    tch::manual_seed(11);
+    let (b, d, dt) = (16, 12, 10);
+    let randn = |shape: [i64; 2]| Tensor::randn(shape, (Kind::Float, Device::Cpu));
+    let (h, fake) = (randn([b, d]), randn([b, d]));
+    let vs = tch::nn::VarStore::new(Device::Cpu);
+    let disc = tch::nn::linear(vs.root() / "d", d, 1, Default::default());
+    let d_bias = disc.bs.as_ref().expect("bias");
+    let d_fn = |x: &Tensor| disc.forward(x);
+    for mixup in [None, Some(0.2)] {
+        // The closed form and the autograd reference draw the same mix-up λ from the same seed.
+        tch::manual_seed(5);
+        let (loss, grads) = tch::no_grad(|| Discriminator(&disc).step(&h, &fake, mixup));
+        tch::manual_seed(5);
+        let want = discriminator_loss(&d_fn, &h, &fake, mixup);
+        let want_grads = Tensor::run_backward(&[&want], &[&disc.ws, d_bias], false, false);
+        assert!(close(loss.double_value(&[]), want.double_value(&[]), 1e-6), "{mixup:?}");
+        assert!(rel_err(&grads[0], &want_grads[0]) < 1e-5, "D weight, mix-up {mixup:?}");
+        assert!(rel_err(&grads[1], &want_grads[1]) < 1e-5, "D bias, mix-up {mixup:?}");
+
+        tch::manual_seed(6);
+        let (adv, grad) = tch::no_grad(|| Discriminator(&disc).generator_loss(&h, &fake, mixup));
+        tch::manual_seed(6);
+        let (want, want_grad) = autograd(&fake, |f| generator_loss(&d_fn, &h, f, mixup));
+        assert!(close(adv.double_value(&[]), want, 1e-6), "{mixup:?}");
+        assert!(rel_err(&grad, &want_grad) < 1e-5, "adversarial gradient, mix-up {mixup:?}");
+    }
+
+    let logits = randn([b, 4]);
+    let y = Tensor::randint(4, [b], (Kind::Int64, Device::Cpu));
+    let (loss, grad) = cross_entropy_with_grad(&logits, &y);
+    let (want, want_grad) = autograd(&logits, |l| l.cross_entropy_for_logits(&y));
+    assert!(close(loss.double_value(&[]), want, 1e-6));
+    assert!(rel_err(&grad, &want_grad) < 1e-5, "cross-entropy gradient");
+
+    // The text critic folds W_t into precomputed products; autograd goes through W_t itself.
+    let t = randn([40, dt]);
+    let proj = tch::nn::linear(vs.root() / "w_t", d, dt, Default::default());
+    let rows = Tensor::randperm(40, (Kind::Int64, Device::Cpu)).narrow(0, 0, b);
+    for temperature in [0.07, 1.0] {
+        let (loss, grad) = TextCritic::new(&t, &proj, temperature).loss_with_grad(&rows, &fake);
+        let (want, want_grad) = autograd(&fake, |f| info_nce(&t.index_select(0, &rows), &proj.forward(f), temperature));
+        assert!(close(loss.double_value(&[]), want, 1e-5 * want.abs().max(1.0)), "τ {temperature}: {loss:?} vs {want}");
+        assert!(
+            rel_err(&grad, &want_grad) < 1e-4,
+            "InfoNCE gradient at τ {temperature}: {}",
+            rel_err(&grad, &want_grad)
+        );
+    }
+}
+
+#[test]
+fn adam_matches_libtorch_adam() {
+    use sera::train::adam::Adam;
+    let _rng = torch_rng();
+    tch::manual_seed(3);
+    let vs = tch::nn::VarStore::new(Device::Cpu);
+    let w = vs.root().randn("w", &[300, 70], 0.0, 1.0);
+    let b = vs.root().randn("b", &[70], 0.0, 1.0);
+    let copy = |x: &Tensor| x.detach().copy();
+    let (w0, b0) = (copy(&w), copy(&b));
+    let mut fused = Adam::new(vec![copy(&w), copy(&b)], 1e-2, (0.5, 0.999), 1e-8);
+    let mut ops = Adam::new(vec![copy(&w), copy(&b)], 1e-2, (0.5, 0.999), 1e-8).with_tensor_ops();
+    let mut reference =
+        tch::nn::Adam { beta1: 0.5, beta2: 0.999, wd: 0.0, eps: 1e-8, amsgrad: false }.build(&vs, 1e-2).expect("adam");
+    for step in 0..6 {
+        // Gradients of mixed scales, some zero, as a generator's are.
+        let scale = if step % 2 == 0 { 1e-3 } else { 1.0 };
+        let gw = Tensor::randn([300, 70], (Kind::Float, Device::Cpu)) * scale;
+        let gb = Tensor::randn([70], (Kind::Float, Device::Cpu)).relu();
+        fused.step(&[gw.shallow_clone(), gb.shallow_clone()]);
+        ops.step(&[gw.shallow_clone(), gb.shallow_clone()]);
+        // sum(w · gw) + sum(b · gb) has exactly these gradients.
+        reference.zero_grad();
+        ((&w * &gw).sum(Kind::Float) + (&b * &gb).sum(Kind::Float)).backward();
+        reference.step();
+    }
+    for (i, (want, start)) in [(&w, &w0), (&b, &b0)].into_iter().enumerate() {
+        assert!((want - start).abs().max().double_value(&[]) > 1e-2, "six steps of lr 1e-2 move parameter {i}");
+        assert!(rel_err(&fused.params()[i], want) < 1e-6, "fused, parameter {i}");
+        assert!(rel_err(&ops.params()[i], want) < 1e-6, "tensor ops, parameter {i}");
+    }
+}
+
+#[test]
 fn class_balanced_generation_fills_minority_classes_up_to_the_majority() {
     use sera::spec::stages::{Augment, Stage3};
     use sera::train::stage2::Generator;

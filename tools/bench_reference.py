@@ -1,14 +1,16 @@
 """Reference timings for `sera bench stages`: the same stage-2 InfoGAN epoch and stage-3 classifier
 epoch as sera, written plainly in PyTorch (same sizes, same layers, same losses, same per-epoch MI
-observables). Prints one JSON object with seconds per epoch.
+observables). Prints one JSON object with seconds per epoch: the median over --epochs epochs
+after a warm-up epoch, like `sera bench stages`.
 
     python tools/bench_reference.py --n 5000 --dim 768 --text-dim 768 --classes 4 --batch 64 --epochs 3
 
-Needs torch (tested with 2.11.0). Threads: torch's default, like sera's.
+Needs torch (tested with 2.11.0). Threads: torch's default, like sera's. --device cuda:0 runs it
+on a GPU (synchronised at the end of every timed epoch).
 """
 import argparse
 import json
-import math
+import statistics
 import time
 
 import torch
@@ -29,7 +31,10 @@ def main():
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--z", type=int, default=128)
     p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--device", default="cpu")
     a = p.parse_args()
+    dev = torch.device(a.device)
+    torch.set_default_device(dev)
     torch.manual_seed(0)
     n, d, dt, c, bs = a.n, a.dim, a.text_dim, a.classes, a.batch
     h = torch.randn(n, d)
@@ -104,13 +109,21 @@ def main():
             loss.backward()
             opt_c.step()
 
-    out = {"threads": torch.get_num_threads(), "torch": torch.__version__}
+    def sync():
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+
+    out = {"threads": torch.get_num_threads(), "torch": torch.__version__, "device": str(dev)}
     for name, fn in (("stage2_epoch_s", stage2_epoch), ("stage3_epoch_s", stage3_epoch)):
         fn()  # warm-up
-        t0 = time.perf_counter()
+        sync()
+        times = []
         for _ in range(a.epochs):
+            t0 = time.perf_counter()
             fn()
-        out[name] = (time.perf_counter() - t0) / a.epochs
+            sync()
+            times.append(time.perf_counter() - t0)
+        out[name] = statistics.median(times)
     print(json.dumps(out))
 
 

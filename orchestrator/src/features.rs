@@ -1,6 +1,6 @@
 //! `sera features` (pooled features of a corpus into a cache directory) and `sera bench models`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
@@ -84,101 +84,6 @@ pub fn features(args: FeaturesArgs) -> Result<ExitCode> {
             model.name,
             n as f64 / seconds.max(1e-9)
         ),
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-fn reference_python(python: Option<PathBuf>) -> PathBuf {
-    python.unwrap_or_else(|| {
-        let cached =
-            std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default().join(".cache/sera/pyref/bin/python");
-        if cached.is_file() { cached } else { "python3".into() }
-    })
-}
-
-/// `sera bench models`: sera's throughputs, then the PyTorch reference on the same device in the
-/// same invocation, and the ratios.
-pub fn bench_models(
-    device_spec: &str,
-    python: Option<PathBuf>,
-    no_reference: bool,
-    fbank_only: bool,
-) -> Result<ExitCode> {
-    let device = sera::device::parse(device_spec)?;
-    let size = sera::bench::ModelBenchSize { fbank_only, ..sera::bench::ModelBenchSize::for_device(device) };
-    eprintln!(
-        "sera bench models on {device:?} ({} threads): \
-         fbank {} × 10 s, AST batch {}, wav2vec2-large-robust-12 batch {} × {} s",
-        tch::get_num_threads(),
-        size.fbank_batch,
-        size.ast_batch,
-        size.w2v_batch,
-        size.w2v_seconds
-    );
-    let ours = sera::bench::models(size, device)?;
-    let names = [
-        "AST front end (fbank), hours of audio/s",
-        "AST features, clips/s",
-        "AST fine-tune step, clips/s",
-        "AST fine-tune step, bf16 autocast, clips/s",
-        "wav2vec2 features, audio s/s",
-        "wav2vec2 fine-tune step, audio s/s",
-    ];
-    let values = |t: &sera::bench::ModelTimes| {
-        [
-            Some(t.fbank_hours_per_s),
-            t.ast_features_clips_per_s,
-            t.ast_step_clips_per_s,
-            t.ast_step_bf16_clips_per_s,
-            t.w2v_features_audio_s_per_s,
-            t.w2v_step_audio_s_per_s,
-        ]
-    };
-    let show = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| format!("{v:.3}"));
-    let reference = if no_reference {
-        None
-    } else {
-        let python = reference_python(python);
-        let script = Path::new("tools/bench_models_reference.py");
-        let device_arg = match device {
-            tch::Device::Cuda(i) => format!("cuda:{i}"),
-            _ => "cpu".to_string(),
-        };
-        match sera::bench::models_reference(&python, script, size, &device_arg) {
-            Ok(r) => Some((python, r)),
-            Err(e) => {
-                println!(
-                    "no reference measured ({e}); install torch, torchaudio and transformers for {} or pass --python",
-                    python.display()
-                );
-                None
-            }
-        }
-    };
-    println!("{:<42} {:>10} {:>10} {:>8}", "best of the timed calls (fp32 unless noted)", "sera", "PyTorch", "ratio");
-    let theirs = reference.as_ref().map_or([None; 6], |(_, r)| values(&r.times));
-    for ((name, v), t) in names.iter().zip(values(&ours)).zip(theirs) {
-        let ratio = match (v, t) {
-            (Some(v), Some(t)) => format!("{:.2}×", v / t),
-            _ => "-".into(),
-        };
-        println!("{name:<42} {:>10} {:>10} {ratio:>8}", show(v), show(t));
-    }
-    if let Some((python, r)) = &reference {
-        if let Some(x) = r.fbank_extractor_hours_per_s {
-            println!(
-                "{:<42} {:>10.3} {x:>10.3} {:>7.2}×  (transformers ASTFeatureExtractor.__call__)",
-                "AST front end vs the HF extractor",
-                ours.fbank_hours_per_s,
-                ours.fbank_hours_per_s / x
-            );
-        }
-        println!(
-            "reference: {} (torch {}, {} threads); ratio = sera / reference, higher is better",
-            python.display(),
-            r.torch,
-            r.threads
-        );
     }
     Ok(ExitCode::SUCCESS)
 }

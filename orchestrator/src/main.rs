@@ -1,5 +1,6 @@
 //! `sera`: the command users type. Parses arguments and hands off to `commands`.
 
+mod bench;
 mod cluster;
 mod commands;
 mod features;
@@ -127,9 +128,12 @@ enum BenchCommand {
         /// Python with torch for the reference (default: the set-up cache's, else python3).
         #[arg(long)]
         python: Option<PathBuf>,
-        /// Timed epochs (after one warm-up).
-        #[arg(long, default_value_t = 3)]
+        /// Timed epochs per round (after one warm-up); each side reports their median.
+        #[arg(long, default_value_t = 5)]
         epochs: usize,
+        /// Rounds of sera-then-reference; the summary is the median round's ratio.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
     },
     /// No-op jobs per second through the queue (Redis with --redis, else in-process).
     Queue {
@@ -199,10 +203,10 @@ fn main() -> ExitCode {
                 TableFormat::Latex => sera::report::Format::Latex,
             },
         ),
-        Command::Bench(BenchCommand::Stages { device, python, epochs }) => {
-            commands::bench_stages(&device, python, epochs)
+        Command::Bench(BenchCommand::Stages { device, python, epochs, rounds }) => {
+            bench::stages(&device, python, epochs, rounds)
         }
-        Command::Bench(BenchCommand::Queue { redis, jobs }) => commands::bench_queue(redis.as_deref(), jobs),
+        Command::Bench(BenchCommand::Queue { redis, jobs }) => bench::queue(redis.as_deref(), jobs),
         Command::Env => commands::env(),
         Command::Features { backbone, text_encoder, pooling, dataset, root, out, device, precision, batch_size } => {
             features::features(features::FeaturesArgs {
@@ -218,7 +222,7 @@ fn main() -> ExitCode {
             })
         }
         Command::Bench(BenchCommand::Models { device, python, no_reference, fbank_only }) => {
-            features::bench_models(&device, python, no_reference, fbank_only)
+            bench::models(&device, python, no_reference, fbank_only)
         }
     };
     match result {

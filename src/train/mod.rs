@@ -2,7 +2,9 @@
 //! stage 2 trains the InfoGAN on its features; stage 3 retrains the classifier on real plus
 //! generated features.
 
+pub mod adam;
 pub mod classifier;
+pub mod gan_grads;
 pub mod heads;
 pub mod inputs;
 pub mod losses;

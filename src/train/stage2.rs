@@ -5,11 +5,13 @@
 //! paper proposes as the quality signal of generated samples.
 
 use serde::{Deserialize, Serialize};
-use tch::nn::{self, Module, OptimizerConfig};
+use tch::nn::{self, Module};
 use tch::{Device, Kind, Tensor};
 
+use super::adam::Adam;
+use super::gan_grads::{Discriminator, TextCritic, cross_entropy_with_grad, linear_grads, linear_params};
 use super::heads::Heads;
-use super::losses::{cross_entropy, discriminator_loss, generator_loss, info_nce};
+use super::losses::{cross_entropy, generator_loss, info_nce};
 use crate::error::{Error, Result};
 use crate::spec::stages::Stage2;
 
@@ -50,14 +52,19 @@ impl Generator {
     /// Generates features for class indices `y` `[n]` and text features `t` `[n, text_dim]`,
     /// drawing `z ~ N(0, I)` from libtorch's generator: `[n, audio_dim]`.
     pub fn generate(&self, y: &Tensor, t: Option<&Tensor>) -> Tensor {
+        self.linear.forward(&self.input(y, t))
+    }
+
+    /// The generator's input `[z; onehot(c); t]` `[n, z_dim + classes (+ text_dim)]`, drawing
+    /// `z ~ N(0, I)`.
+    pub fn input(&self, y: &Tensor, t: Option<&Tensor>) -> Tensor {
         let n = y.size()[0];
         let z = Tensor::randn([n, self.z_dim], (Kind::Float, self.vs.device()));
         let c = y.onehot(self.classes).to_kind(Kind::Float);
-        let input = match (self.text_dim, t) {
+        match (self.text_dim, t) {
             (Some(_), Some(t)) => Tensor::cat(&[z, c, t.shallow_clone()], 1),
             _ => Tensor::cat(&[z, c], 1),
-        };
-        self.linear.forward(&input)
+        }
     }
 }
 
@@ -146,22 +153,29 @@ fn train_once(
     let (n, audio_dim) = (data.h.size()[0], data.h.size()[1]);
     let text = if s.text_condition { data.t } else { None };
     let generator = Generator::new(s.z_dim as i64, data.classes, text.map(|t| t.size()[1]), audio_dim, device);
-    let disc_vs = nn::VarStore::new(device);
+    let mut disc_vs = nn::VarStore::new(device);
     let disc = nn::linear(disc_vs.root() / "discriminator", audio_dim, 1, Default::default());
+    // D is updated from its closed-form gradients only; autograd never needs its parameters.
+    disc_vs.freeze();
     let d_fn = |x: &Tensor| disc.forward(x);
     let mut mi_heads = heads.duplicate().map_err(|e| fail(0, e.to_string()))?;
     if !s.finetune_mi_heads {
         mi_heads.vs.freeze();
     }
-    let adam = nn::Adam { beta1: 0.5, beta2: 0.999, wd: 0.0, eps: 1e-8, amsgrad: false };
-    let build = |vs: &nn::VarStore, lr: f64| adam.build(vs, lr * lr_scale).map_err(|e| fail(0, e.to_string()));
-    let mut opt_g = build(&generator.vs, s.lr_generator)?;
-    let mut opt_d = build(&disc_vs, s.lr_discriminator)?;
-    let mut opt_q = if s.finetune_mi_heads { Some(build(&mi_heads.vs, s.lr_generator)?) } else { None };
+    let adam = |params: Vec<Tensor>, lr: f64| Adam::new(params, lr * lr_scale, (0.5, 0.999), 1e-8);
+    let mut opt_g = adam(linear_params(&generator.linear), s.lr_generator);
+    let mut opt_d = adam(linear_params(&disc), s.lr_discriminator);
+    let mut opt_q = s.finetune_mi_heads.then(|| adam(mi_heads.vs.trainable_variables(), s.lr_generator));
+    // Frozen heads: the generator step in closed form, with W_t folded into the text critic.
+    let critic = match (&opt_q, text, &mi_heads.text_proj) {
+        (None, Some(t), Some(proj)) if s.lambda_it > 0.0 => Some(TextCritic::new(t, proj, data.temperature)),
+        _ => None,
+    };
     let mixup = s.mixup.then_some(s.mixup_alpha);
     let bs = (s.batch_size as i64).min(n).max(2);
     let h_c = label_entropy(data.y, data.classes);
     let mut curve = Vec::with_capacity(s.epochs);
+    let nearest = tch::no_grad(|| NearestReal::new(data.h));
     let frozen_real = (!s.finetune_mi_heads).then(|| tch::no_grad(|| real_terms(data, text, &mi_heads, bs)));
     for epoch in 1..=s.epochs {
         let perm = Tensor::randperm(n, (Kind::Int64, device));
@@ -171,35 +185,49 @@ fn train_once(
             let h = data.h.index_select(0, &idx);
             let y = data.y.index_select(0, &idx);
             let t = text.map(|t| t.index_select(0, &idx));
-            let fake = generator.generate(&y, t.as_ref());
+            let x = generator.input(&y, t.as_ref());
+            let fake = match opt_q {
+                None => tch::no_grad(|| generator.linear.forward(&x)),
+                Some(_) => generator.linear.forward(&x),
+            };
+            let (d_loss, d_grads) = tch::no_grad(|| Discriminator(&disc).step(&h, &fake.detach(), mixup));
+            opt_d.step(&d_grads);
 
-            let d_loss = discriminator_loss(&d_fn, &h, &fake.detach(), mixup);
-            opt_d.backward_step(&d_loss);
-
-            let adv = generator_loss(&d_fn, &h, &fake, mixup);
-            let mut g_loss = adv.shallow_clone();
-            if s.lambda_iy > 0.0 {
-                g_loss += s.lambda_iy * cross_entropy(&mi_heads.logits(&fake), &y);
-            }
-            if let (true, Some(t)) = (s.lambda_it > 0.0, &t)
-                && let Some(t_hat) = mi_heads.project_text(&fake)
-            {
-                g_loss += s.lambda_it * info_nce(t, &t_hat, data.temperature);
-            }
-            if let Some(opt_q) = &mut opt_q {
-                // Fine-tuned heads also keep their stage-1 job on real samples (paper 3.2.2).
-                g_loss += cross_entropy(&mi_heads.logits(&h), &y);
-                if let (Some(t), Some(t_hat)) = (&t, mi_heads.project_text(&h)) {
-                    g_loss += info_nce(t, &t_hat, data.temperature);
+            let adv = match &mut opt_q {
+                None => tch::no_grad(|| {
+                    let (adv, mut grad) = Discriminator(&disc).generator_loss(&h, &fake, mixup);
+                    if s.lambda_iy > 0.0 {
+                        let (_, g) = cross_entropy_with_grad(&mi_heads.logits(&fake), &y);
+                        grad += s.lambda_iy * g.matmul(&mi_heads.classifier.ws);
+                    }
+                    if let Some(critic) = &critic {
+                        grad += s.lambda_it * critic.loss_with_grad(&idx, &fake).1;
+                    }
+                    opt_g.step(&linear_grads(&generator.linear, &grad, &x));
+                    adv
+                }),
+                Some(opt_q) => {
+                    let adv = generator_loss(&d_fn, &h, &fake, mixup);
+                    let mut g_loss = adv.shallow_clone();
+                    if s.lambda_iy > 0.0 {
+                        g_loss += s.lambda_iy * cross_entropy(&mi_heads.logits(&fake), &y);
+                    }
+                    if let (true, Some(t)) = (s.lambda_it > 0.0, &t)
+                        && let Some(t_hat) = mi_heads.project_text(&fake)
+                    {
+                        g_loss += s.lambda_it * info_nce(t, &t_hat, data.temperature);
+                    }
+                    // Fine-tuned heads also keep their stage-1 job on real samples (paper 3.2.2).
+                    g_loss += cross_entropy(&mi_heads.logits(&h), &y);
+                    if let (Some(t), Some(t_hat)) = (&t, mi_heads.project_text(&h)) {
+                        g_loss += info_nce(t, &t_hat, data.temperature);
+                    }
+                    g_loss.backward();
+                    step_from_autograd(&mut opt_g);
+                    step_from_autograd(opt_q);
+                    adv
                 }
-                opt_q.zero_grad();
-            }
-            opt_g.zero_grad();
-            g_loss.backward();
-            opt_g.step();
-            if let Some(opt_q) = &mut opt_q {
-                opt_q.step();
-            }
+            };
             let (dl, gl) = (d_loss.double_value(&[]), adv.double_value(&[]));
             if !dl.is_finite() || !gl.is_finite() {
                 return Err(fail(
@@ -213,7 +241,7 @@ fn train_once(
         }
         let log = tch::no_grad(|| {
             let real = frozen_real.unwrap_or_else(|| real_terms(data, text, &mi_heads, bs));
-            observe(data, text, &generator, &mi_heads, bs, h_c, real)
+            observe(data, text, &generator, &mi_heads, bs, (h_c, &nearest), real)
         });
         let log = EpochLog { epoch, d_loss: d_sum / steps.max(1) as f64, g_loss: g_sum / steps.max(1) as f64, ..log };
         if !log.l_iy_generated.is_finite() {
@@ -237,6 +265,24 @@ fn train_once(
         }
     }
     Ok(GanOutput { generator, heads: mi_heads, curve, retries: 0 })
+}
+
+/// An Adam step from the gradients autograd left on the parameters, which it then clears.
+fn step_from_autograd(opt: &mut Adam) {
+    let grads: Vec<Tensor> = opt
+        .params()
+        .iter()
+        .map(|p| {
+            let mut g = p.grad();
+            if !g.defined() {
+                return p.zeros_like();
+            }
+            let copy = g.copy();
+            let _ = g.zero_();
+            copy
+        })
+        .collect();
+    opt.step(&grads);
 }
 
 /// Entropy of the empirical label distribution, in nats.
@@ -265,37 +311,40 @@ fn real_terms(data: &GanData, text: Option<&Tensor>, heads: &Heads, bs: i64) -> 
 }
 
 /// MI observables of the generator at the end of an epoch, over the training set in batches of
-/// `bs` (a fresh draw of z); `real` are the heads' losses on real features. The caller sets
-/// the epoch and the training losses.
+/// `bs` (a fresh draw of z); `h_c` is H(c), `real` the heads' losses on real features. The
+/// caller sets the epoch and the training losses.
 fn observe(
     data: &GanData,
     text: Option<&Tensor>,
     g: &Generator,
     heads: &Heads,
     bs: i64,
-    h_c: f64,
+    (h_c, nearest): (f64, &NearestReal),
     real: (f64, Option<f64>),
 ) -> EpochLog {
     let n = data.h.size()[0];
-    let (mut iy_g, mut it_g, mut correct, mut rows, mut batches) = (0.0, 0.0, 0i64, 0i64, 0usize);
-    let mut kept = Vec::new();
-    let mut kept_rows = 0;
-    for start in (0..n - bs + 1).step_by(bs as usize) {
-        let y = data.y.narrow(0, start, bs);
-        let t = text.map(|t| t.narrow(0, start, bs));
+    let batches = n / bs;
+    let (mut iy_g, mut it_g, mut correct) = (0.0, 0.0, 0i64);
+    let mut kept = None;
+    // Whole batches in chunks of about OBSERVE_ROWS rows, so the two products per chunk (G and
+    // W_t) are large matmuls; the losses are still per batch of `bs`, InfoNCE's negatives too.
+    let per_chunk = (OBSERVE_ROWS / bs).max(1);
+    for first in (0..batches).step_by(per_chunk as usize) {
+        let rows = per_chunk.min(batches - first) * bs;
+        let y = data.y.narrow(0, first * bs, rows);
+        let t = text.map(|t| t.narrow(0, first * bs, rows));
         let fake = g.generate(&y, t.as_ref());
         let logits = heads.logits(&fake);
-        iy_g += cross_entropy(&logits, &y).double_value(&[]);
         correct += logits.argmax(-1, false).eq_tensor(&y).sum(Kind::Int64).int64_value(&[]);
-        if let (Some(t), Some(tf)) = (&t, heads.project_text(&fake)) {
-            it_g += info_nce(t, &tf, data.temperature).double_value(&[]);
+        let t_hat = t.as_ref().and_then(|_| heads.project_text(&fake));
+        for start in (0..rows).step_by(bs as usize) {
+            let batch = |x: &Tensor| x.narrow(0, start, bs);
+            iy_g += cross_entropy(&batch(&logits), &batch(&y)).double_value(&[]);
+            if let (Some(t), Some(tf)) = (&t, &t_hat) {
+                it_g += info_nce(&batch(t), &batch(tf), data.temperature).double_value(&[]);
+            }
         }
-        if kept_rows < NEAREST_ROWS {
-            kept_rows += bs;
-            kept.push(fake);
-        }
-        rows += bs;
-        batches += 1;
+        kept.get_or_insert(fake);
     }
     let b = batches.max(1) as f64;
     let has_text = real.1.is_some();
@@ -309,27 +358,50 @@ fn observe(
         l_it_real: real.1,
         iy_lower_bound: h_c - iy_g / b,
         it_lower_bound: has_text.then(|| (bs as f64).ln() - it_g / b),
-        generated_accuracy: correct as f64 / rows.max(1) as f64,
-        nearest_real_ratio: nearest_real_ratio(&Tensor::cat(&kept, 0), data.h),
+        generated_accuracy: correct as f64 / (batches * bs).max(1) as f64,
+        nearest_real_ratio: kept.map_or(f64::NAN, |fake| nearest.ratio(&fake)),
     }
 }
+
+/// Rows per chunk of the end-of-epoch observation pass.
+const OBSERVE_ROWS: i64 = 4096;
 
 /// Rows compared by the memorisation check.
 const NEAREST_ROWS: i64 = 512;
 
-/// Mean nearest-real distance of generated samples over the mean real-to-real nearest-neighbour
-/// distance (self excluded), on at most [`NEAREST_ROWS`] rows of each (the first rows).
-pub fn nearest_real_ratio(fake: &Tensor, real: &Tensor) -> f64 {
-    let cap = |x: &Tensor| x.narrow(0, 0, x.size()[0].min(NEAREST_ROWS));
-    let (fake, real) = (cap(fake), cap(real));
-    if real.size()[0] < 2 || fake.size()[0] == 0 {
-        return f64::NAN;
+/// The memorisation check: the mean distance from a generated sample to its nearest real one,
+/// over the mean real-to-real nearest-neighbour distance (self excluded), on at most
+/// [`NEAREST_ROWS`] rows of each (the first rows). The real side is fixed, so it is measured once.
+pub struct NearestReal {
+    real: Tensor,
+    real_nn: f64,
+}
+
+impl NearestReal {
+    /// Measures the real features' own nearest-neighbour distance.
+    pub fn new(real: &Tensor) -> NearestReal {
+        let real = real.narrow(0, 0, real.size()[0].min(NEAREST_ROWS));
+        let real_nn = if real.size()[0] < 2 {
+            f64::NAN
+        } else {
+            let rr = Tensor::cdist(&real, &real, 2.0, None);
+            let eye = Tensor::eye(rr.size()[0], (Kind::Float, rr.device())) * 1e30;
+            (rr + eye).min_dim(1, false).0.mean(Kind::Double).double_value(&[])
+        };
+        NearestReal { real, real_nn }
     }
-    let gen_nn = Tensor::cdist(&fake, &real, 2.0, None).min_dim(1, false).0.mean(Kind::Double).double_value(&[]);
-    let rr = Tensor::cdist(&real, &real, 2.0, None);
-    let eye = Tensor::eye(rr.size()[0], (Kind::Float, rr.device())) * 1e30;
-    let real_nn = (rr + eye).min_dim(1, false).0.mean(Kind::Double).double_value(&[]);
-    if real_nn > 0.0 { gen_nn / real_nn } else { f64::NAN }
+
+    /// The ratio for generated features `fake` `[n, d]`: near 0 means memorisation; NaN when
+    /// either side is too small to measure.
+    pub fn ratio(&self, fake: &Tensor) -> f64 {
+        let fake = fake.narrow(0, 0, fake.size()[0].min(NEAREST_ROWS));
+        if self.real_nn.is_nan() || self.real_nn <= 0.0 || fake.size()[0] == 0 {
+            return f64::NAN;
+        }
+        let gen_nn =
+            Tensor::cdist(&fake, &self.real, 2.0, None).min_dim(1, false).0.mean(Kind::Double).double_value(&[]);
+        gen_nn / self.real_nn
+    }
 }
 
 /// Collapse: the generated samples' mean per-dimension std is below 1e-4 of the real one.
