@@ -227,6 +227,23 @@ fn closed_form_stage2_gradients_match_autograd() {
 }
 
 #[test]
+fn a_head_composed_with_the_generator_equals_the_head_after_it() {
+    use sera::train::stage2::Generator;
+    use tch::nn::Module;
+    let _rng = torch_rng();
+    tch::manual_seed(12);
+    let g = Generator::new(4, 3, Some(5), 6, Device::Cpu);
+    let heads = Heads::new(6, 3, Some(5), Device::Cpu);
+    let y = Tensor::from_slice(&[0i64, 2, 1, 1]);
+    let x = g.input(&y, Some(&Tensor::randn([4, 5], (Kind::Float, Device::Cpu))));
+    let fake = g.linear.forward(&x);
+    for head in [&heads.classifier, heads.text_proj.as_ref().expect("text head")] {
+        let (w, b) = g.compose(head);
+        assert!(rel_err(&x.linear(&w, Some(&b)), &head.forward(&fake)) < 1e-5);
+    }
+}
+
+#[test]
 fn adam_matches_libtorch_adam() {
     use sera::train::adam::Adam;
     let _rng = torch_rng();

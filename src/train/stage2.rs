@@ -55,6 +55,19 @@ impl Generator {
         self.linear.forward(&self.input(y, t))
     }
 
+    /// The linear map `head ∘ G` as (weight, bias): `head(G(x)) = x Wᵀ + b` for inputs `x` of
+    /// [`Generator::input`].
+    pub fn compose(&self, head: &nn::Linear) -> (Tensor, Tensor) {
+        let weight = head.ws.matmul(&self.linear.ws);
+        let bias = match (&self.linear.bs, &head.bs) {
+            (Some(bg), Some(bh)) => head.ws.mv(bg) + bh,
+            (Some(bg), None) => head.ws.mv(bg),
+            (None, Some(bh)) => bh.shallow_clone(),
+            (None, None) => weight.new_zeros([weight.size()[0]], (weight.kind(), weight.device())),
+        };
+        (weight, bias)
+    }
+
     /// The generator's input `[z; onehot(c); t]` `[n, z_dim + classes (+ text_dim)]`, drawing
     /// `z ~ N(0, I)`.
     pub fn input(&self, y: &Tensor, t: Option<&Tensor>) -> Tensor {
@@ -326,17 +339,22 @@ fn observe(
     let batches = n / bs;
     let (mut iy_g, mut it_g, mut correct) = (0.0, 0.0, 0i64);
     let mut kept = None;
-    // Whole batches in chunks of about OBSERVE_ROWS rows, so the two products per chunk (G and
-    // W_t) are large matmuls; the losses are still per batch of `bs`, InfoNCE's negatives too.
+    // G and the heads are linear, so the heads' outputs on ĥ = G(x) come from the composed maps
+    // (W_y G and W_t G, composed once per epoch) without computing ĥ for every row; ĥ itself is
+    // needed only for the memorisation check's rows. Whole batches go in chunks of about
+    // OBSERVE_ROWS rows, so the products are large matmuls; the losses are still per batch of
+    // `bs`, InfoNCE's negatives too.
+    let classify = g.compose(&heads.classifier);
+    let project = heads.text_proj.as_ref().map(|p| g.compose(p));
     let per_chunk = (OBSERVE_ROWS / bs).max(1);
     for first in (0..batches).step_by(per_chunk as usize) {
         let rows = per_chunk.min(batches - first) * bs;
         let y = data.y.narrow(0, first * bs, rows);
         let t = text.map(|t| t.narrow(0, first * bs, rows));
-        let fake = g.generate(&y, t.as_ref());
-        let logits = heads.logits(&fake);
+        let x = g.input(&y, t.as_ref());
+        let logits = x.linear(&classify.0, Some(&classify.1));
         correct += logits.argmax(-1, false).eq_tensor(&y).sum(Kind::Int64).int64_value(&[]);
-        let t_hat = t.as_ref().and_then(|_| heads.project_text(&fake));
+        let t_hat = t.as_ref().and(project.as_ref()).map(|(w, b)| x.linear(w, Some(b)));
         for start in (0..rows).step_by(bs as usize) {
             let batch = |x: &Tensor| x.narrow(0, start, bs);
             iy_g += cross_entropy(&batch(&logits), &batch(&y)).double_value(&[]);
@@ -344,7 +362,7 @@ fn observe(
                 it_g += info_nce(&batch(t), &batch(tf), data.temperature).double_value(&[]);
             }
         }
-        kept.get_or_insert(fake);
+        kept.get_or_insert_with(|| g.linear.forward(&x.narrow(0, 0, rows.min(NEAREST_ROWS))));
     }
     let b = batches.max(1) as f64;
     let has_text = real.1.is_some();
