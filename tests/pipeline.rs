@@ -125,6 +125,14 @@ fn multimodal_job_fine_tunes_text_first_and_trains_on_four_combinations() {
     let r = run(job, dir.path());
     let s0 = r.stage0.as_ref().expect("stage 0 ran");
     assert_eq!(s0.curve.len(), 1);
+    // Each logged part is its own loss: the epoch's total is their weighted sum.
+    let s1 = &job.spec.stages.stage1;
+    assert!(s1.lambda_cl > 0.0 && s1.lambda_mi > 0.0);
+    for e in &r.stage1.curve {
+        let (cl, mi) = (e.l_cl.expect("L_CL logged"), e.l_mi.expect("L_MI logged"));
+        let sum = e.l_ser + s1.lambda_cl * cl + s1.lambda_mi * mi;
+        assert!((e.loss - sum).abs() < 1e-4 * e.loss.abs().max(1.0), "{e:?}");
+    }
     assert_eq!(s0.test.n, 40);
     let after = r.after.as_ref().expect("stage 3");
     let before = &r.before;

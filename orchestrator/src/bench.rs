@@ -15,11 +15,12 @@ pub fn stages(device: &str, python: Option<PathBuf>, epochs: usize, rounds: usiz
     let script = Path::new("tools/bench_reference.py");
     println!(
         "stage-2 and stage-3 epochs, {} × {} features, batch {}, on {device:?} ({} threads): seconds per epoch, \
-         the median of {epochs} epochs after a warm-up; reference = {} {}",
+         the median of {epochs} epoch{} after a warm-up; reference = {} {}",
         size.n,
         size.dim,
         size.batch,
         tch::get_num_threads(),
+        if epochs == 1 { "" } else { "s" },
         python.display(),
         script.display()
     );
