@@ -131,21 +131,21 @@ pub fn train(
             let step = || -> Result<_> {
                 let h = enc.encode(rows, true)?.to_kind(Kind::Float);
                 let l_ser = cross_entropy(&heads.logits(&h), &y);
-                // `loss = loss + …`, not `+=`: an in-place add would also change `l_ser`, which
-                // shares its storage, and the logged L_SER would be the total.
-                let mut loss = l_ser.shallow_clone();
+                // A copy (autograd passes through it): the in-place `+=` below must not change
+                // the logged L_SER, as it would through a shallow clone sharing its storage.
+                let mut loss = l_ser.copy();
                 let (mut l_cl, mut l_mi) = (None, None);
                 if let Some(t) = data.t.map(|t| t.index_select(0, &idx)) {
                     if uses_cl {
                         let ha = align.as_ref().map_or_else(|| h.shallow_clone(), |a| a.forward(&h));
                         let l = info_nce(&t, &ha, s.temperature);
-                        loss = loss + s.lambda_cl * &l;
+                        loss += s.lambda_cl * &l;
                         l_cl = Some(l.double_value(&[]));
                     }
                     if uses_mi {
                         let t_hat = heads.project_text(&h).ok_or_else(|| Error::config("stage 1", "no text head"))?;
                         let l = info_nce(&t, &t_hat, s.temperature);
-                        loss = loss + s.lambda_mi * &l;
+                        loss += s.lambda_mi * &l;
                         l_mi = Some(l.double_value(&[]));
                     }
                 }

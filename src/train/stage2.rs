@@ -221,20 +221,21 @@ fn train_once(
                 }),
                 Some(opt_q) => {
                     let adv = generator_loss(&d_fn, &h, &fake, mixup);
-                    // Not `+=`: `adv` shares the storage and must stay the adversarial part alone.
-                    let mut g_loss = adv.shallow_clone();
+                    // A copy: the in-place `+=` below must leave `adv`, the logged adversarial part,
+                    // alone.
+                    let mut g_loss = adv.copy();
                     if s.lambda_iy > 0.0 {
-                        g_loss = g_loss + s.lambda_iy * cross_entropy(&mi_heads.logits(&fake), &y);
+                        g_loss += s.lambda_iy * cross_entropy(&mi_heads.logits(&fake), &y);
                     }
                     if let (true, Some(t)) = (s.lambda_it > 0.0, &t)
                         && let Some(t_hat) = mi_heads.project_text(&fake)
                     {
-                        g_loss = g_loss + s.lambda_it * info_nce(t, &t_hat, data.temperature);
+                        g_loss += s.lambda_it * info_nce(t, &t_hat, data.temperature);
                     }
                     // Fine-tuned heads also keep their stage-1 job on real samples (paper 3.2.2).
-                    g_loss = g_loss + cross_entropy(&mi_heads.logits(&h), &y);
+                    g_loss += cross_entropy(&mi_heads.logits(&h), &y);
                     if let (Some(t), Some(t_hat)) = (&t, mi_heads.project_text(&h)) {
-                        g_loss = g_loss + info_nce(t, &t_hat, data.temperature);
+                        g_loss += info_nce(t, &t_hat, data.temperature);
                     }
                     g_loss.backward();
                     step_from_autograd(&mut opt_g);
