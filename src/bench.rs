@@ -48,11 +48,7 @@ pub fn stages(size: BenchSize, device: Device) -> Result<EpochTimes> {
     let y = Tensor::randint(size.classes, [size.n], (Kind::Int64, device));
     let heads = Heads::new(size.dim, size.classes, Some(size.text_dim), device);
     let data = GanData { h: &h, y: &y, t: Some(&t), classes: size.classes, temperature: 0.07 };
-    let sync = || {
-        if let Device::Cuda(i) = device {
-            tch::Cuda::synchronize(i as i64);
-        }
-    };
+    let sync = || sync(device);
     // Stage 2: one run of 1 + E epochs, each epoch timed at its end (the hook).
     let s2 = Stage2 { epochs: 1 + size.epochs, batch_size: size.batch, z_dim: 128, ..Stage2::default() };
     let mut ends = vec![Instant::now()];
@@ -79,7 +75,15 @@ pub fn stages(size: BenchSize, device: Device) -> Result<EpochTimes> {
     Ok(EpochTimes { stage2_epoch_s: median(stage2), stage3_epoch_s: median(stage3) })
 }
 
-fn median(mut xs: Vec<f64>) -> f64 {
+/// Waits for `device`'s queued work (a no-op on the CPU), so a timer sees it finish.
+fn sync(device: Device) {
+    if let Device::Cuda(i) = device {
+        tch::Cuda::synchronize(i as i64);
+    }
+}
+
+/// The median of `xs` (NaN when empty).
+pub fn median(mut xs: Vec<f64>) -> f64 {
     xs.sort_by(f64::total_cmp);
     match xs.len() {
         0 => f64::NAN,
@@ -91,8 +95,8 @@ fn median(mut xs: Vec<f64>) -> f64 {
 /// Runs `tools/bench_reference.py` with `python` on `device` ("cpu", "cuda:0") and parses its
 /// JSON line.
 pub fn reference(python: &Path, script: &Path, size: BenchSize, device: &str) -> Result<EpochTimes> {
-    let out = Command::new(python)
-        .arg(script)
+    let mut cmd = Command::new(python);
+    cmd.arg(script)
         .args(["--device", device])
         .args(["--n", &size.n.to_string(), "--dim", &size.dim.to_string(), "--text-dim", &size.text_dim.to_string()])
         .args([
@@ -102,13 +106,18 @@ pub fn reference(python: &Path, script: &Path, size: BenchSize, device: &str) ->
             &size.batch.to_string(),
             "--epochs",
             &size.epochs.to_string(),
-        ])
-        .output()
-        .map_err(|e| Error::io(python, e))?;
+        ]);
+    run_json(&mut cmd, python, script)
+}
+
+/// Runs a reference script and parses the JSON object on the last line of its output.
+fn run_json<T: serde::de::DeserializeOwned>(cmd: &mut Command, python: &Path, script: &Path) -> Result<T> {
+    let out = cmd.output().map_err(|e| Error::io(python, e))?;
     if !out.status.success() {
         return Err(Error::config(script, format!("reference failed: {}", String::from_utf8_lossy(&out.stderr))));
     }
-    let line = String::from_utf8_lossy(&out.stdout);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().last().unwrap_or_default();
     serde_json::from_str(line.trim()).map_err(|e| Error::config(script, format!("unexpected output '{line}': {e}")))
 }
 
@@ -202,11 +211,7 @@ pub fn wav2vec2_large_robust_12() -> crate::models::wav2vec2::Wav2Vec2Config {
 /// Seconds of the fastest of `iters` calls of `f`, after `warmup` untimed calls. The minimum, as
 /// `timeit` reports, because a shared machine only ever adds time.
 fn per_call(device: Device, warmup: usize, iters: usize, f: &mut dyn FnMut() -> Result<()>) -> Result<f64> {
-    let sync = || {
-        if let Device::Cuda(i) = device {
-            tch::Cuda::synchronize(i as i64);
-        }
-    };
+    let sync = || sync(device);
     for _ in 0..warmup {
         f()?;
     }
@@ -333,23 +338,14 @@ pub struct ModelReference {
 /// its JSON line.
 pub fn models_reference(python: &Path, script: &Path, size: ModelBenchSize, device: &str) -> Result<ModelReference> {
     let mut cmd = Command::new(python);
+    cmd.arg(script);
     if size.fbank_only {
-        cmd.arg(script).arg("--fbank-only");
-    } else {
-        cmd.arg(script);
+        cmd.arg("--fbank-only");
     }
-    let out = cmd
-        .args(["--device", device])
+    cmd.args(["--device", device])
         .args(["--fbank-batch", &size.fbank_batch.to_string(), "--fbank-iters", &size.fbank_iters.to_string()])
         .args(["--ast-batch", &size.ast_batch.to_string(), "--ast-iters", &size.ast_iters.to_string()])
         .args(["--w2v-batch", &size.w2v_batch.to_string(), "--w2v-seconds", &size.w2v_seconds.to_string()])
-        .args(["--w2v-iters", &size.w2v_iters.to_string()])
-        .output()
-        .map_err(|e| Error::io(python, e))?;
-    if !out.status.success() {
-        return Err(Error::config(script, format!("reference failed: {}", String::from_utf8_lossy(&out.stderr))));
-    }
-    let text = String::from_utf8_lossy(&out.stdout);
-    let line = text.lines().last().unwrap_or_default();
-    serde_json::from_str(line.trim()).map_err(|e| Error::config(script, format!("unexpected output '{line}': {e}")))
+        .args(["--w2v-iters", &size.w2v_iters.to_string()]);
+    run_json(&mut cmd, python, script)
 }

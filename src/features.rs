@@ -21,14 +21,12 @@
 //! fp32 outputs, so `bf16` is refused here rather than silently changed.
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::Path;
 use std::time::Instant;
 
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 use tch::{Device, Kind, Tensor};
 
 use crate::audio;
@@ -216,21 +214,6 @@ pub fn check_precision(precision: Precision) -> Result<()> {
     Ok(())
 }
 
-/// SHA-256 of a file's bytes, streamed.
-pub fn sha256_file(path: &Path) -> Result<String> {
-    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buf).map_err(|e| Error::io(path, e))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hex::encode(hasher.finalize()))
-}
-
 /// The model part of the key: kind, config overrides and pooling, plus the sha256 of the
 /// checkpoint's files that change the features (config, weights, preprocessor, tokenizer) or,
 /// from scratch, the seed. Machine-local paths and the spec's name are left out, so a moved
@@ -254,7 +237,7 @@ pub fn model_identity(spec: &ModelSpec) -> Result<Value> {
     for path in [hf.config_path(), weights, dir.join("preprocessor_config.json"), hf.tokenizer_path()] {
         if path.is_file() {
             let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            files.insert(name, sha256_file(&path)?);
+            files.insert(name, crate::fsutil::sha256_file(&path)?.0);
         }
     }
     id["files"] = json!(files);

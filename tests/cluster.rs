@@ -636,7 +636,7 @@ fn cluster_paths_and_payloads_are_checked_before_anything_is_written() {
     assert_eq!(record(&run, &job.id, &payload.to_json()).unwrap(), Recorded::Already);
     assert_eq!(jsonl_ids(run.root()), vec![job.id.clone()]);
     for a in &payload.artifacts {
-        let (sha, bytes) = sera::runner::payload::sha256_file(&run.root().join(&job.id).join(&a.path)).unwrap();
+        let (sha, bytes) = sera::fsutil::sha256_file(&run.root().join(&job.id).join(&a.path)).unwrap();
         assert_eq!((sha, bytes), (a.sha256.clone(), a.bytes));
     }
     // A payload cannot name another job's directory either.
@@ -697,7 +697,7 @@ fn cluster_without_shared_store_large_artifacts_travel_through_redis_in_verified
     let mut bytes = 0;
     for a in listed {
         let path = a["path"].as_str().unwrap();
-        let (sha, n) = sera::runner::payload::sha256_file(&run.join(&id).join(path)).unwrap();
+        let (sha, n) = sera::fsutil::sha256_file(&run.join(&id).join(path)).unwrap();
         assert_eq!((sha.as_str(), n), (a["sha256"].as_str().unwrap(), a["bytes"].as_u64().unwrap()), "{path}");
         bytes += n;
     }

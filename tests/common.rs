@@ -1,7 +1,5 @@
 //! Helpers shared by the tests: fixture trees in temp dirs, WAV writing, running the binaries.
 
-#![allow(dead_code)]
-
 use std::path::{Path, PathBuf};
 
 /// Writes `contents` to `root/rel`, creating parent directories.

@@ -100,7 +100,7 @@ fn features_ast_equal_direct_calls_and_the_cache_is_reused() {
     let out = dir.path().join("feats");
     let outcome = run(&spec, Modality::Audio, &corpus, &out).expect("extract");
     let n = corpus.utterances.len();
-    assert_eq!(outcome, Outcome::Computed { n, dim: 32, seconds: outcome_seconds(&outcome) });
+    assert!(matches!(outcome, Outcome::Computed { n: m, dim: 32, .. } if m == n), "{outcome:?}");
 
     let (shape, data, ids) = read_raw(&out);
     assert_eq!(shape, [n as i64, 32]);
@@ -141,13 +141,6 @@ fn features_ast_equal_direct_calls_and_the_cache_is_reused() {
         .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
         .collect();
     assert!(leftovers.is_empty(), "temp dirs left behind: {leftovers:?}");
-}
-
-fn outcome_seconds(o: &Outcome) -> f64 {
-    match o {
-        Outcome::Computed { seconds, .. } => *seconds,
-        Outcome::Cached { .. } => 0.0,
-    }
 }
 
 #[test]

@@ -1,7 +1,5 @@
 //! Helpers for the model parity tests: fixture paths, golden files, error measures.
 
-#![allow(dead_code)]
-
 use std::collections::HashMap;
 use std::path::PathBuf;
 

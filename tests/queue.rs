@@ -730,9 +730,13 @@ fn redis_throughput_noop_jobs() {
     let n = 2000;
     let rate = sera::queue::bench::noop_throughput(Some(&server.url()), n).unwrap();
     println!("redis queue: {rate:.0} no-op jobs/s ({n} jobs: batched submit, one claim + one complete each)");
+    // A floor, not a measurement: this machine does 5,000–11,000 jobs/s through Redis and
+    // 80,000+ in-process (`sera bench queue`); only a per-job round-trip regression (e.g. an
+    // unbatched submit) falls below 1,000.
     assert!(rate >= 1000.0, "{rate:.0} jobs/s");
     let memory = sera::queue::bench::noop_throughput(None, n).unwrap();
     println!("in-process queue: {memory:.0} no-op jobs/s");
+    assert!(memory >= 1000.0, "{memory:.0} jobs/s");
 }
 
 /// Artifact chunks: round trip under the claim's token, bounded size, fenced writes (a stale

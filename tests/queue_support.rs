@@ -1,10 +1,8 @@
 //! Test support for the queue: a real `redis-server` child process on a free loopback port.
 
-#![allow(dead_code)]
-
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -54,11 +52,6 @@ impl RedisServer {
     /// `redis://127.0.0.1:<port>/`.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/", self.port)
-    }
-
-    /// Its working directory (AOF, log).
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
     }
 
     /// SIGKILL, as a crash would.

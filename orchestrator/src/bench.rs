@@ -52,9 +52,9 @@ pub fn stages(device: &str, python: Option<PathBuf>, epochs: usize, rounds: usiz
         ratio2.push(r2);
         ratio3.push(r3);
     }
-    let summary = |mut r: Vec<f64>| {
-        r.sort_by(f64::total_cmp);
-        format!("{:.2}× (range {:.2}–{:.2}×)", r[r.len() / 2], r[0], r[r.len() - 1])
+    let summary = |r: Vec<f64>| {
+        let (lo, hi) = r.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &x| (lo.min(x), hi.max(x)));
+        format!("{:.2}× (range {lo:.2}–{hi:.2}×)", sera::bench::median(r))
     };
     println!(
         "ratio (reference / sera, higher is better), median round: stage 2 {}, stage 3 {}",

@@ -363,7 +363,7 @@ fn follow(
                         b.enable_steady_tick(Duration::from_millis(200));
                         b
                     });
-                    let stage = if p.stage.stage.is_empty() { "starting".to_string() } else { p.describe() };
+                    let stage = p.describe();
                     bar.set_message(format!("{id} {name}: {stage} on {owner}"));
                 }
                 JobState::Queued | JobState::Delayed => {

@@ -59,13 +59,8 @@ impl HfDir {
         self.dir.join(TOKENIZER_FILE)
     }
 
-    /// Deserialises config.json into a typed config (serde defaults for absent fields).
-    pub fn config<T: serde::de::DeserializeOwned>(&self) -> Result<T> {
-        serde_json::from_value(self.config.clone()).map_err(|e| Error::config(self.config_path(), e.to_string()))
-    }
-
-    /// Like [`HfDir::config`], with `overrides` (e.g. a model spec's `[config]` table) merged over
-    /// the file's top-level fields first.
+    /// Deserialises config.json into a typed config (serde defaults for absent fields), with
+    /// `overrides` (e.g. a model spec's `[config]` table) merged over its top-level fields first.
     pub fn config_with<T: serde::de::DeserializeOwned>(
         &self,
         overrides: &BTreeMap<String, serde_json::Value>,
@@ -86,12 +81,6 @@ impl HfDir {
             &self.dir,
             format!("no {SAFETENSORS_FILE} or {PYTORCH_BIN_FILE} in the model directory; download the weights too"),
         ))
-    }
-
-    /// Reads every tensor of the weight file, on the CPU.
-    pub fn read_tensors(&self) -> Result<Vec<(String, Tensor)>> {
-        let path = self.weights_path()?;
-        read_weight_file(&path)
     }
 
     /// Strictly loads model.safetensors into `vs`: every VarStore variable must be found (tensor names

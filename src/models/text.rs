@@ -71,16 +71,6 @@ impl TextTokenizer {
         Ok(TextTokenizer { tokenizer, path: path.to_path_buf(), pad_id })
     }
 
-    /// The file it was read from.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// The underlying tokenizer.
-    pub fn inner(&self) -> &Tokenizer {
-        &self.tokenizer
-    }
-
     /// Tokenises `texts` (with the special tokens of the model, e.g. `[CLS] … [SEP]`) into one
     /// padded batch on `device`: `[texts, tokens]` each.
     pub fn encode_batch(&self, texts: &[&str], device: Device) -> Result<Encoded> {
@@ -95,8 +85,8 @@ impl TextTokenizer {
         let len = encodings.iter().map(|e| e.len()).max().unwrap_or(0);
         let (mut ids, mut mask, mut types) = (Vec::new(), Vec::new(), Vec::new());
         for e in &encodings {
-            // encode_batch pads to a common length already; this only guards odd settings
-            // (e.g. padding disabled by a caller of `inner`).
+            // encode_batch pads to a common length already; this only guards a tokenizer.json
+            // whose padding is off.
             let pad = len - e.len();
             ids.extend(e.get_ids().iter().map(|&v| v as i64).chain(std::iter::repeat_n(self.pad_id, pad)));
             mask.extend(e.get_attention_mask().iter().map(|&v| v as i64).chain(std::iter::repeat_n(0, pad)));

@@ -137,11 +137,6 @@ impl RedisQueue {
         }
     }
 
-    /// The key prefix of this queue's namespace (`sera:{<namespace>}:`).
-    pub fn key_prefix(&self) -> &str {
-        &self.prefix
-    }
-
     /// The key of one artifact chunk: `<prefix>chunk:<id>:<token>:<index>:<artifact>` (the
     /// artifact path last, so that a `:` in it cannot make two keys collide).
     pub fn chunk_key(&self, id: &str, token: u64, artifact: &str, index: u32) -> String {

@@ -21,6 +21,7 @@ use sha2::{Digest, Sha256};
 use super::paths::{check_job_id, check_relative};
 use super::run_dir::RunDir;
 use crate::error::{Error, Result};
+use crate::fsutil::sha256_file;
 use crate::queue::{CHUNK_MAX_LIMIT, ChunkWrite, JobQueue, Lease, QueueError};
 use crate::train::pipeline::JobResult;
 
@@ -101,23 +102,6 @@ pub struct ArtifactStore {
     pub inline_max: u64,
 }
 
-/// SHA-256 of a file, streamed.
-pub fn sha256_file(path: &Path) -> Result<(String, u64)> {
-    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut n = 0u64;
-    loop {
-        let k = f.read(&mut buf).map_err(|e| Error::io(path, e))?;
-        if k == 0 {
-            break;
-        }
-        hasher.update(&buf[..k]);
-        n += k as u64;
-    }
-    Ok((hex::encode(hasher.finalize()), n))
-}
-
 /// Copies `from` to `to` through a temp file and a rename (nothing partial at `to`).
 fn copy_atomic(from: &Path, to: &Path) -> Result<()> {
     let dir = to.parent().unwrap_or(Path::new("."));
@@ -175,7 +159,13 @@ impl CompletionPayload {
         for a in &result.artifacts {
             let rel = check_relative(job_id, &a.path)?;
             let file = job_out.join(&rel);
-            let (sha, bytes) = sha256_file(&file)?;
+            // An inlined artifact is read once, so the bytes sent are the bytes hashed.
+            let inline = a.bytes <= store.inline_max && inline_total + a.bytes <= INLINE_TOTAL_MAX;
+            let data = if inline { Some(std::fs::read(&file).map_err(|e| Error::io(&file, e))?) } else { None };
+            let (sha, bytes) = match &data {
+                Some(d) => (hex::encode(Sha256::digest(d)), d.len() as u64),
+                None => sha256_file(&file)?,
+            };
             if sha != a.sha256 || bytes != a.bytes {
                 return Err(Error::Job {
                     job: job_id.into(),
@@ -185,9 +175,8 @@ impl CompletionPayload {
                     ),
                 });
             }
-            let stored = if bytes <= store.inline_max && inline_total + bytes <= INLINE_TOTAL_MAX {
+            let stored = if let Some(data) = data {
                 inline_total += bytes;
-                let data = std::fs::read(&file).map_err(|e| Error::io(&file, e))?;
                 Stored::Inline { hex: hex::encode(data) }
             } else if let Some(run) = &store.shared_run_dir {
                 copy_atomic(&file, &RunDir::new(run).incoming_dir(job_id, token)?.join(&rel))?;

@@ -39,9 +39,11 @@ impl Progress {
         serde_json::from_str(json).ok()
     }
 
-    /// `stage2 3/10`, or the stage alone when it has no epoch count.
+    /// `stage2 3/10`, the stage alone when it has no epoch count, or `starting` before any stage.
     pub fn describe(&self) -> String {
-        if self.stage.epochs > 0 {
+        if self.stage.stage.is_empty() {
+            "starting".into()
+        } else if self.stage.epochs > 0 {
             format!("{} {}/{}", self.stage.stage, self.stage.epoch, self.stage.epochs)
         } else {
             self.stage.stage.clone()

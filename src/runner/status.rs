@@ -97,7 +97,7 @@ impl StatusView {
                     j.owner.as_deref().unwrap_or("?"),
                     p.dataset,
                     p.fold,
-                    if p.stage.stage.is_empty() { "starting".into() } else { p.describe() },
+                    p.describe(),
                     format_duration(p.elapsed_s),
                     eta,
                     j.attempt

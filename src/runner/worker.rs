@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use super::paths::check_job_id;
 use super::payload::{ArtifactStore, ChunkPush, CompletionPayload};
 use super::progress::{Progress, StageProgress};
-use crate::queue::{Claim, Completion, Envelope, FailOutcome, Failure, Heartbeat, JobQueue, QueueError, Release};
+use crate::queue::{Claim, Envelope, FailOutcome, Failure, Heartbeat, JobQueue, QueueError, Release};
 use crate::spec::Job;
 
 /// Exit status of `run-job` for a deterministic failure (bad config or data).
@@ -120,14 +120,14 @@ pub fn run_claim(queue: &dyn JobQueue, cfg: &WorkerConfig, claim: Claim, stop: &
     tracing::info!(worker = %cfg.name, "claimed");
 
     let base = cfg.scratch.join(format!("{}-t{}", job.id, claim.token));
-    let out = base.clone();
+    let out = &base;
     let job_file = base.with_extension("job.json");
     let log_file = base.with_extension("log");
-    let _ = std::fs::remove_dir_all(&out);
+    let _ = std::fs::remove_dir_all(out);
     let child = serde_json::to_vec_pretty(&job)
         .map_err(|e| e.to_string())
         .and_then(|bytes| crate::fsutil::write_atomic(&job_file, &bytes).map_err(|e| e.to_string()))
-        .and_then(|()| spawn_child(cfg, &job_file, &out, &log_file).map_err(|e| e.to_string()));
+        .and_then(|()| spawn_child(cfg, &job_file, out, &log_file).map_err(|e| e.to_string()));
     let mut child = match child {
         Ok(child) => child,
         Err(e) => {
@@ -147,7 +147,7 @@ pub fn run_claim(queue: &dyn JobQueue, cfg: &WorkerConfig, claim: Claim, stop: &
             kill(&mut child);
             tracing::info!("shutting down: job released for another worker");
             let released = retry_report(cfg, || queue.release(&lease));
-            cleanup(&out, &job_file, &log_file, true);
+            cleanup(out, &job_file, &log_file, true);
             return match released {
                 Some(Release::Released) => Outcome::Released,
                 Some(Release::Rejected) => Outcome::LeaseLost,
@@ -182,7 +182,7 @@ pub fn run_claim(queue: &dyn JobQueue, cfg: &WorkerConfig, claim: Claim, stop: &
                 cfg.stall_timeout.as_secs_f64()
             );
             tracing::error!("{message}");
-            cleanup(&out, &job_file, &log_file, false);
+            cleanup(out, &job_file, &log_file, false);
             return report_failure(queue, cfg, &lease, Failure::retryable(message).with_signal(libc::SIGKILL));
         }
         if now >= next_beat {
@@ -208,7 +208,7 @@ pub fn run_claim(queue: &dyn JobQueue, cfg: &WorkerConfig, claim: Claim, stop: &
                 Ok(Heartbeat::Lost) => {
                     kill(&mut child);
                     tracing::warn!("lease lost (reaped or taken over): stopped the job, nothing is committed");
-                    cleanup(&out, &job_file, &log_file, true);
+                    cleanup(out, &job_file, &log_file, true);
                     return Outcome::LeaseLost;
                 }
                 Err(e) => {
@@ -229,7 +229,7 @@ pub fn run_claim(queue: &dyn JobQueue, cfg: &WorkerConfig, claim: Claim, stop: &
         // queue in chunks, fenced by this claim's token.
         let push = ChunkPush { queue, lease: &lease, chunk_bytes: queue.chunk_max(), patience: cfg.report_patience };
         let push = cfg.store.shared_run_dir.is_none().then_some(&push);
-        let payload = CompletionPayload::build_via(&job.id, &cfg.name, lease.token, &out, &cfg.store, push);
+        let payload = CompletionPayload::build_via(&job.id, &cfg.name, lease.token, out, &cfg.store, push);
         let outcome = match payload {
             Err(e) => {
                 let failure = if e.is_deterministic() {
@@ -244,7 +244,7 @@ pub fn run_claim(queue: &dyn JobQueue, cfg: &WorkerConfig, claim: Claim, stop: &
                     tracing::info!(seconds = elapsed, "done: result committed");
                     Outcome::Committed
                 }
-                Some(Completion::Rejected) | Some(_) => {
+                Some(_) => {
                     tracing::warn!("lease lost before the result was committed: result dropped");
                     Outcome::LeaseLost
                 }
@@ -258,19 +258,19 @@ pub fn run_claim(queue: &dyn JobQueue, cfg: &WorkerConfig, claim: Claim, stop: &
             // Nobody will collect what this execution staged.
             let _ = std::fs::remove_dir_all(staged);
         }
-        cleanup(&out, &job_file, &log_file, true);
+        cleanup(out, &job_file, &log_file, true);
         return outcome;
     }
     if stop() {
         // The child may have died of the same signal (a Ctrl-C reaches the whole terminal group).
         let _ = retry_report(cfg, || queue.release(&lease));
-        cleanup(&out, &job_file, &log_file, true);
+        cleanup(out, &job_file, &log_file, true);
         return Outcome::Released;
     }
     let reason = last_error(&log_file);
     let failure = failure_of(status, &reason);
     tracing::error!(seconds = elapsed, "job failed: {}", failure.message);
-    cleanup(&out, &job_file, &log_file, false);
+    cleanup(out, &job_file, &log_file, false);
     report_failure(queue, cfg, &lease, failure)
 }
 

@@ -49,12 +49,12 @@ impl Adam {
         assert_eq!(grads.len(), self.params.len(), "one gradient per parameter");
         self.step += 1;
         let c = Coefficients {
-            beta1: self.beta1 as f32,
-            beta2: self.beta2 as f32,
-            bias_correction2_sqrt: (1.0 - self.beta2.powi(self.step)).sqrt() as f32,
-            eps: self.eps as f32,
+            w1: 1.0 - self.beta1,
+            w2: 1.0 - self.beta2,
+            bias_correction2_sqrt: (1.0 - self.beta2.powi(self.step)).sqrt(),
+            eps: self.eps,
             // addcdiv_ has no scale in tch, so the step size goes into the denominator.
-            inv_step: (-(1.0 - self.beta1.powi(self.step)) / self.lr) as f32,
+            inv_step: -(1.0 - self.beta1.powi(self.step)) / self.lr,
         };
         tch::no_grad(|| {
             for (((p, g), m), v) in self.params.iter().zip(grads).zip(&mut self.exp_avg).zip(&mut self.exp_avg_sq) {
@@ -68,22 +68,20 @@ impl Adam {
     }
 }
 
+/// One step's scalars in f64: 1 − β is taken before any rounding to f32, as torch does.
 struct Coefficients {
-    beta1: f32,
-    beta2: f32,
-    bias_correction2_sqrt: f32,
-    eps: f32,
-    inv_step: f32,
+    w1: f64,
+    w2: f64,
+    bias_correction2_sqrt: f64,
+    eps: f64,
+    inv_step: f64,
 }
 
 fn tensor_step(p: &Tensor, g: &Tensor, m: &mut Tensor, v: &mut Tensor, c: &Coefficients) {
-    let _ = m.lerp_(g, 1.0 - c.beta1 as f64);
-    let _ = v.lerp_(&g.square(), 1.0 - c.beta2 as f64);
+    let _ = m.lerp_(g, c.w1);
+    let _ = v.lerp_(&g.square(), c.w2);
     let mut denom = v.sqrt();
-    let _ = denom
-        .g_div_scalar_(c.bias_correction2_sqrt as f64)
-        .g_add_scalar_(c.eps as f64)
-        .g_mul_scalar_(c.inv_step as f64);
+    let _ = denom.g_div_scalar_(c.bias_correction2_sqrt).g_add_scalar_(c.eps).g_mul_scalar_(c.inv_step);
     let _ = p.shallow_clone().addcdiv_(m, &denom);
 }
 
@@ -95,11 +93,12 @@ fn lerp(a: f32, b: f32, w: f32) -> f32 {
 
 #[inline(always)]
 fn kernel(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], c: &Coefficients) {
-    let (w1, w2) = (1.0 - c.beta1, 1.0 - c.beta2);
+    let (w1, w2, bc2, eps, inv_step) =
+        (c.w1 as f32, c.w2 as f32, c.bias_correction2_sqrt as f32, c.eps as f32, c.inv_step as f32);
     for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
         *m = lerp(*m, g, w1);
         *v = lerp(*v, g * g, w2);
-        let denom = (v.sqrt() / c.bias_correction2_sqrt + c.eps) * c.inv_step;
+        let denom = (v.sqrt() / bc2 + eps) * inv_step;
         *p += *m / denom;
     }
 }

@@ -10,7 +10,7 @@
 use tch::nn;
 use tch::{Kind, Reduction, Tensor};
 
-use super::losses::beta_mixup;
+use super::losses::{mix_up, normalize};
 
 /// Mean binary cross-entropy of `logits` against `targets` (same shape) and its gradient with
 /// respect to the logits, `(σ(l) − target) / numel`.
@@ -57,8 +57,7 @@ impl Discriminator<'_> {
     pub fn step(&self, h: &Tensor, fake: &Tensor, mixup_alpha: Option<f64>) -> (Tensor, Vec<Tensor>) {
         match mixup_alpha {
             Some(alpha) => {
-                let lambda = beta_mixup(h.size()[0], alpha, h.device());
-                let mixed = &lambda * h + (1.0 - &lambda) * fake;
+                let (lambda, mixed) = mix_up(h, fake, alpha);
                 let (loss, g) = bce_with_grad(&self.logits(&mixed), &lambda);
                 (loss, linear_grads(self.0, &g, &mixed))
             }
@@ -77,8 +76,8 @@ impl Discriminator<'_> {
     pub fn generator_loss(&self, h: &Tensor, fake: &Tensor, mixup_alpha: Option<f64>) -> (Tensor, Tensor) {
         let (input, fake_share) = match mixup_alpha {
             Some(alpha) => {
-                let lambda = beta_mixup(h.size()[0], alpha, h.device());
-                (&lambda * h + (1.0 - &lambda) * fake, Some(1.0 - lambda))
+                let (lambda, mixed) = mix_up(h, fake, alpha);
+                (mixed, Some(1.0 - lambda))
             }
             None => (fake.shallow_clone(), None),
         };
@@ -114,7 +113,7 @@ impl TextCritic {
                 .bs
                 .as_ref()
                 .map_or_else(|| w_t.new_zeros([w_t.size()[0]], (Kind::Float, w_t.device())), Tensor::shallow_clone);
-            let unit = t / t.norm_scalaropt_dim(2.0, [-1].as_slice(), true).clamp_min(1e-12);
+            let unit = normalize(t);
             TextCritic {
                 s: unit.matmul(w_t),
                 t_dot_b: unit.mv(&b_t),

@@ -19,7 +19,7 @@ pub fn cosine_logits(a: &Tensor, b: &Tensor, temperature: f64) -> Tensor {
     a.matmul(&b.transpose(0, 1)) / temperature
 }
 
-fn normalize(x: &Tensor) -> Tensor {
+pub(crate) fn normalize(x: &Tensor) -> Tensor {
     // Clamp like torch.nn.functional.normalize, so a zero vector gives zeros rather than NaN.
     let norm = x.norm_scalaropt_dim(2.0, [-1].as_slice(), true).clamp_min(1e-12);
     x / norm
@@ -37,11 +37,19 @@ pub fn bce_logits(logits: &Tensor, targets: &Tensor) -> Tensor {
 
 /// Samples mix-up coefficients λ ~ Beta(α, α), one per row: `[n, 1]` (Zhang et al., ref. [6]),
 /// as X / (X + Y) with X, Y ~ Gamma(α) from libtorch's seeded generator.
-pub fn beta_mixup(n: i64, alpha: f64, device: tch::Device) -> Tensor {
+fn beta_mixup(n: i64, alpha: f64, device: tch::Device) -> Tensor {
     let a = Tensor::full([n, 1], alpha, (Kind::Float, device));
     let x = a.internal_standard_gamma();
     let y = a.internal_standard_gamma();
     &x / (&x + &y).clamp_min(1e-12)
+}
+
+/// Mix-up of a real and a generated batch `[batch, dim]`: draws λ ~ Beta(α, α) per row and
+/// returns `(λ [batch, 1], λ h + (1 − λ) ĥ)`.
+pub fn mix_up(real: &Tensor, fake: &Tensor, alpha: f64) -> (Tensor, Tensor) {
+    let lambda = beta_mixup(real.size()[0], alpha, real.device());
+    let mixed = &lambda * real + (1.0 - &lambda) * fake;
+    (lambda, mixed)
 }
 
 /// Discriminator loss. Without mix-up: the non-saturating GAN loss
@@ -60,8 +68,7 @@ pub fn discriminator_loss(
             bce_logits(&lr, &lr.ones_like()) + bce_logits(&lf, &lf.zeros_like())
         }
         Some(alpha) => {
-            let lambda = beta_mixup(real.size()[0], alpha, real.device());
-            let mixed = &lambda * real + (1.0 - &lambda) * fake;
+            let (lambda, mixed) = mix_up(real, fake, alpha);
             bce_logits(&d(&mixed), &lambda)
         }
     }
@@ -72,10 +79,7 @@ pub fn discriminator_loss(
 pub fn generator_loss(d: &dyn Fn(&Tensor) -> Tensor, real: &Tensor, fake: &Tensor, mixup_alpha: Option<f64>) -> Tensor {
     let input = match mixup_alpha {
         None => fake.shallow_clone(),
-        Some(alpha) => {
-            let lambda = beta_mixup(real.size()[0], alpha, real.device());
-            &lambda * real + (1.0 - &lambda) * fake
-        }
+        Some(alpha) => mix_up(real, fake, alpha).1,
     };
     let logits = d(&input);
     bce_logits(&logits, &logits.ones_like())

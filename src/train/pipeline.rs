@@ -98,9 +98,10 @@ pub fn run_job(job: &Job, opts: &RunOptions) -> Result<JobResult> {
     let progress = ProgressFile(opts.out.join("progress.json"));
     let mut timings = BTreeMap::new();
     let (corpus, folds) = job.resolve()?;
-    let fold = folds
-        .fold(&spec.fold.name)
-        .ok_or_else(|| Error::Job { job: job.id.clone(), message: "fold vanished".into() })?;
+    let fold = folds.fold(&spec.fold.name).ok_or_else(|| Error::Job {
+        job: job.id.clone(),
+        message: format!("fold {} is not in the folds of dataset {}", spec.fold.name, spec.dataset.name),
+    })?;
     let started = Instant::now();
 
     // Stage 1 (cached by key).
@@ -301,14 +302,18 @@ fn load_stage1(dir: &Path, key: &str, device: Device, fin: &FoldInputs) -> Resul
     let mut summary: Stage1Summary = load_json(&dir.join("stage1.json"))?;
     summary.cached = true;
     summary.key = key.to_string();
-    let mut heads = Heads::new(h.size()[1], fin.classes, fin.t.as_ref().map(|t| t.size()[1]), device);
-    heads.load(&dir.join("heads.safetensors"))?;
     if h.size()[0] != fin.y.size()[0] {
         return Err(Error::config(
             dir,
-            "cached stage-1 features do not match the fold; delete the directory to recompute",
+            format!(
+                "cached stage-1 features have {} rows, the fold has {}; delete the directory to recompute",
+                h.size()[0],
+                fin.y.size()[0]
+            ),
         ));
     }
+    let mut heads = Heads::new(h.size()[1], fin.classes, fin.t.as_ref().map(|t| t.size()[1]), device);
+    heads.load(&dir.join("heads.safetensors"))?;
     Ok((h, heads, summary))
 }
 

@@ -243,7 +243,9 @@ fn clip_global_norm(stores: &[&nn::VarStore], max: f64) {
     if grads.is_empty() {
         return;
     }
-    let total = grads.iter().map(|g| g.pow_tensor_scalar(2).sum(Kind::Double).double_value(&[])).sum::<f64>().sqrt();
+    // One read-back for all gradients (each would be a device sync on a GPU).
+    let squares: Vec<Tensor> = grads.iter().map(|g| g.pow_tensor_scalar(2).sum(Kind::Double)).collect();
+    let total = Tensor::stack(&squares, 0).sum(Kind::Double).double_value(&[]).sqrt();
     if total > max {
         let factor = max / (total + 1e-6);
         tch::no_grad(|| {

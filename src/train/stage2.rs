@@ -189,6 +189,7 @@ fn train_once(
     let h_c = label_entropy(data.y, data.classes);
     let mut curve = Vec::with_capacity(s.epochs);
     let nearest = tch::no_grad(|| NearestReal::new(data.h));
+    let real_spread = tch::no_grad(|| spread(data.h));
     let frozen_real = (!s.finetune_mi_heads).then(|| tch::no_grad(|| real_terms(data, text, &mi_heads, bs)));
     for epoch in 1..=s.epochs {
         let perm = Tensor::randperm(n, (Kind::Int64, device));
@@ -203,7 +204,7 @@ fn train_once(
                 None => tch::no_grad(|| generator.linear.forward(&x)),
                 Some(_) => generator.linear.forward(&x),
             };
-            let (d_loss, d_grads) = tch::no_grad(|| Discriminator(&disc).step(&h, &fake.detach(), mixup));
+            let (d_loss, d_grads) = tch::no_grad(|| Discriminator(&disc).step(&h, &fake, mixup));
             opt_d.step(&d_grads);
 
             let adv = match &mut opt_q {
@@ -262,7 +263,7 @@ fn train_once(
         if !log.l_iy_generated.is_finite() {
             return Err(fail(epoch, "generated samples give a non-finite L_Iy".into()));
         }
-        if log.nearest_real_ratio.is_finite() && collapsed(&generator, data, text) {
+        if log.nearest_real_ratio.is_finite() && collapsed(&generator, data, text, real_spread) {
             return Err(fail(epoch, "the generator collapsed: generated samples have (almost) no spread".into()));
         }
         tracing::info!(
@@ -424,12 +425,20 @@ impl NearestReal {
     }
 }
 
-/// Collapse: the generated samples' mean per-dimension std is below 1e-4 of the real one.
-fn collapsed(g: &Generator, data: &GanData, text: Option<&Tensor>) -> bool {
+/// Rows compared by the collapse check.
+const COLLAPSE_ROWS: i64 = 256;
+
+/// Mean per-dimension standard deviation of the first [`COLLAPSE_ROWS`] rows of `x` `[n, d]`.
+fn spread(x: &Tensor) -> f64 {
+    let x = x.narrow(0, 0, x.size()[0].min(COLLAPSE_ROWS));
+    x.std_dim([0].as_slice(), true, false).mean(Kind::Double).double_value(&[])
+}
+
+/// Collapse: the generated samples' spread is below 1e-4 of the real one (`real_spread`).
+fn collapsed(g: &Generator, data: &GanData, text: Option<&Tensor>, real_spread: f64) -> bool {
     tch::no_grad(|| {
-        let n = data.h.size()[0].min(256);
+        let n = data.h.size()[0].min(COLLAPSE_ROWS);
         let fake = g.generate(&data.y.narrow(0, 0, n), text.map(|t| t.narrow(0, 0, n)).as_ref());
-        let spread = |x: &Tensor| x.std_dim([0].as_slice(), true, false).mean(Kind::Double).double_value(&[]);
-        spread(&fake) < 1e-4 * spread(&data.h.narrow(0, 0, n))
+        spread(&fake) < 1e-4 * real_spread
     })
 }

@@ -60,7 +60,8 @@ pub struct Selection {
 
 /// What stage 3 produces.
 pub struct Stage3Output {
-    /// Metrics without augmentation (multimodal: classifiers trained on real features only).
+    /// Multimodal: metrics of the classifiers trained on real features only (no augmentation).
+    /// None for SER, whose metrics before augmentation are the stage-1 classifier's.
     pub before: Option<ModalityMetrics>,
     pub after: ModalityMetrics,
     /// The retrained audio classifier (the SER model of the paper).
@@ -138,12 +139,9 @@ pub fn run(f: &FoldFeatures, heads: &Heads, generator: &Generator, s: &Stage3, s
     )?;
     let audio_after = audio.evaluate(&Labelled { x: &f.test.h, y: &f.test.y }, n);
     if !multimodal {
-        let before = tch::no_grad(|| {
-            let pred = super::classifier::indices(&heads.logits(&f.test.h).argmax(-1, false));
-            Metrics::compute(&super::classifier::indices(&f.test.y), &pred, n)
-        });
+        // The metrics before augmentation are the stage-1 classifier's, which the caller has.
         return Ok(Stage3Output {
-            before: Some(ModalityMetrics { audio: before, text: None, fusion: None }),
+            before: None,
             after: ModalityMetrics { audio: audio_after, text: None, fusion: None },
             audio,
             text: None,
@@ -177,9 +175,9 @@ pub fn run(f: &FoldFeatures, heads: &Heads, generator: &Generator, s: &Stage3, s
     let n_train = f.train.h.size()[0];
     let gh_paired = gen_h.narrow(0, 0, n_train);
     let gt_paired = gt.narrow(0, 0, n_train);
-    let mut fx = vec![cat2(&f.train.h, t), cat2(&gh_paired, t), cat2(&f.train.h, &gt_paired), cat2(&gen_h, gt)];
-    let mut fy =
-        vec![f.train.y.shallow_clone(), f.train.y.shallow_clone(), f.train.y.shallow_clone(), gen_y.shallow_clone()];
+    let real_fusion = cat2(&f.train.h, t);
+    let fx = [&real_fusion, &cat2(&gh_paired, t), &cat2(&f.train.h, &gt_paired), &cat2(&gen_h, gt)];
+    let fy = [&f.train.y, &f.train.y, &f.train.y, &gen_y];
     let fusion_val = match (&f.validation, &val_t) {
         (Some(v), Some(vt)) => val(cat2(&v.h, vt)),
         _ => None,
@@ -199,8 +197,6 @@ pub fn run(f: &FoldFeatures, heads: &Heads, generator: &Generator, s: &Stage3, s
     };
 
     // Before: the same three classifiers on real features only.
-    fx.truncate(1);
-    fy.truncate(1);
     let a0 = train_one(
         "audio-real-only",
         f.train.h.shallow_clone(),
@@ -215,7 +211,7 @@ pub fn run(f: &FoldFeatures, heads: &Heads, generator: &Generator, s: &Stage3, s
         val_t.as_ref().and_then(|vt| val(vt.shallow_clone())),
         None,
     )?;
-    let f0 = train_one("fusion-real-only", fx.remove(0), fy.remove(0), fusion_val, None)?;
+    let f0 = train_one("fusion-real-only", real_fusion, f.train.y.shallow_clone(), fusion_val, None)?;
     let before = ModalityMetrics {
         audio: a0.evaluate(&Labelled { x: &f.test.h, y: &f.test.y }, n),
         text: Some(t0.evaluate(&Labelled { x: test_t, y: &f.test.y }, n)),

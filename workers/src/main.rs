@@ -93,7 +93,9 @@ fn check_job(path: &Path) -> Result<()> {
     let span = tracing::info_span!("job", id = %job.id, dataset = %job.spec.dataset.name, fold = %job.spec.fold.name);
     let _enter = span.enter();
     let (corpus, folds) = job.resolve()?;
-    let fold = folds.fold(&job.spec.fold.name).ok_or_else(|| anyhow::anyhow!("fold vanished"))?;
+    let fold = folds.fold(&job.spec.fold.name).ok_or_else(|| {
+        anyhow::anyhow!("fold {} is not in the folds of dataset {}", job.spec.fold.name, job.spec.dataset.name)
+    })?;
     println!(
         "job {} ok: dataset {} ({} utterances, {} classes), fold {} ({}/{}): train {}, validation {}, test {}; variant {}, seed {}",
         job.id,
